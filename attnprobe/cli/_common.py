@@ -1,0 +1,81 @@
+"""Helpers shared by every CLI command: the Typer app, one-line user errors, JSON output, consoles."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from attnprobe.errors import UserError
+
+app = typer.Typer(
+    name="attnprobe",
+    help="Measure and benchmark the robustness of vision-transformer attention (TAP/ADL, FAN, RVT, timm).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Human-readable output goes to stdout; progress and warnings go to stderr so `--json` stdout stays clean.
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+def user_errors(fn: F) -> F:
+    """Turn a `UserError` raised inside a command into one line on stderr and a non-zero exit (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UserError as e:
+            err_console.print(f"[bold red]error:[/] {e}", soft_wrap=True)
+            raise typer.Exit(code=e.exit_code) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted; finished work is stored, rerun the same command to resume")
+            raise typer.Exit(code=130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def command(*args: Any, **kwargs: Any) -> Callable[[F], F]:
+    """`@command("name")`: register a CLI command on the shared app with user-error handling."""
+
+    def decorate(fn: F) -> F:
+        app.command(*args, **kwargs)(user_errors(fn))
+        return fn
+
+    return decorate
+
+
+def print_json(payload: Any) -> None:
+    """Write `payload` as JSON to stdout and nothing else."""
+    sys.stdout.write(json.dumps(payload, indent=2, default=_json_default) + "\n")
+    sys.stdout.flush()
+
+
+def _json_default(obj: Any) -> Any:
+    try:
+        import torch
+
+        if isinstance(obj, torch.Tensor):
+            return obj.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if hasattr(obj, "__fspath__"):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def show_progress(quiet: bool, json_out: bool = False) -> bool:
+    """Progress bars only on an interactive terminal, never with --quiet or --json."""
+    return not quiet and not json_out and sys.stderr.isatty()
