@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -159,11 +159,16 @@ def _build(arch: str, kwargs: dict[str, Any], pretrained_timm: bool = False) -> 
         raise
 
 
-def _preprocessing(card: dict[str, Any], model: Any) -> Preprocessing:
+def _preprocessing(card: dict[str, Any], model: Any, kwargs: dict[str, Any]) -> Preprocessing:
     if card.get("preprocessing"):
-        return Preprocessing.from_mapping(card["preprocessing"])
-    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
-    return Preprocessing.from_mapping(dict(cfg)) if cfg else Preprocessing()
+        pre = Preprocessing.from_mapping(card["preprocessing"])
+    else:
+        cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+        pre = Preprocessing.from_mapping(dict(cfg)) if cfg else Preprocessing()
+    if "img_size" in kwargs:  # NOTE: timm keeps the pretrained cfg's 224 when a model is built at another size
+        size = kwargs["img_size"]
+        pre = replace(pre, input_size=int(size[-1] if isinstance(size, (list, tuple)) else size))
+    return pre
 
 
 def load_model(name: str, checkpoint: str | Path | None = None, pretrained: bool | None = False,
@@ -209,7 +214,7 @@ def load_model(name: str, checkpoint: str | Path | None = None, pretrained: bool
     model.eval()
     return LoadedModel(model=model, name=name, arch=arch, checkpoint_sha256=sha,
                        checkpoint_path=str(ckpt_path) if ckpt_path else None,
-                       preprocessing=_preprocessing(card, model), card=card)
+                       preprocessing=_preprocessing(card, model, model_kwargs), card=card)
 
 
 def create_model(name: str, checkpoint: str | Path | None = None, pretrained: bool = False, **kwargs: Any) -> Any:
