@@ -24,7 +24,8 @@ app = typer.Typer(
 F = TypeVar("F", bound=Callable[..., Any])
 
 #: Human-readable output goes to stdout; progress and warnings go to stderr so `--json` stdout stays clean.
-console = Console(highlight=False)
+# NOTE: a pipe or a CI log has no terminal width; 140 columns keeps tables readable there instead of folding at 80.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
 err_console = Console(stderr=True, highlight=False)
 
 
