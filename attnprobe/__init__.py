@@ -28,7 +28,8 @@ _EXPORTS = {
     "ResultsStore": "attnprobe.store",
     "UserError": "attnprobe.errors",
 }
-_SUBMODULES = {"metrics", "robustness", "data", "report", "archs", "store", "zoo", "capture", "evaluate"}
+_SUBMODULES = {"metrics", "robustness", "data", "report", "archs", "store", "zoo", "capture", "evaluate",
+               "evaluate_extra", "attacks", "diagnostics"}
 
 __all__ = sorted(_EXPORTS) + sorted(_SUBMODULES)
 
