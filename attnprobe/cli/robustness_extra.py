@@ -27,8 +27,8 @@ DEFAULT_OUT = Path("attnprobe-results")
 
 _MODELS = typer.Option(None, "--model", "-m", help="Zoo, official or timm model name; repeat for a paired "
                        "comparison of several models.")
-_CKPTS = typer.Option(None, "--ckpt", help="Checkpoint file; repeat once per --model, in the same order "
-                      "(default: random init).")
+_CKPTS = typer.Option(None, "--ckpt", help="Checkpoint file, one per --model in order (default: the model's "
+                      "published weights; '-' for random weights).")
 _OUT = typer.Option(DEFAULT_OUT, "--out", "-o", help="Output directory holding the results store (results.sqlite).")
 _WORKERS = typer.Option(None, "--workers", "-j", min=0,
                         help="Data loader processes per rank (default: min(8, CPU cores / ranks on the node)).")
@@ -51,30 +51,17 @@ def _num(x: float | None, digits: int = 3) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
-def _pair_models(models: Optional[list[str]], ckpts: Optional[list[Path]]) -> list[tuple[str, Optional[Path]]]:
-    if not models:
-        raise UserError("no model given; pass --model NAME (repeat --model to compare several models)")
-    ckpts = list(ckpts or [])
-    if ckpts and len(ckpts) != len(models):
-        raise UserError(f"{len(models)} --model but {len(ckpts)} --ckpt; give one --ckpt per --model, in order, "
-                        f"or none for random weights")
-    for c in ckpts:
-        if not Path(c).expanduser().is_file():
-            raise UserError(f"checkpoint {c} does not exist; pass the path of a .pth/.pth.tar/.safetensors file")
-    return list(zip(models, ckpts or [None] * len(models)))
+def _pair_models(models: Optional[list[str]], ckpts: Optional[list[Path]]) -> list[tuple[str, Optional[str]]]:
+    from attnprobe.cli._loading import pair_models
+
+    return pair_models(models, ckpts)
 
 
-def _load(name: str, ckpt: Optional[Path], device: Any) -> Any:
-    import torch
+def _load(name: str, ckpt: Optional[str], device: Any) -> Any:
+    from attnprobe import distributed as D
+    from attnprobe.cli._loading import load_cli_model
 
-    from attnprobe.zoo import load_model
-
-    # NOTE: a model without weights is stored as "random-init"; seeding makes that name mean the same weights on
-    # every rank and every rerun.
-    torch.manual_seed(0)
-    loaded = load_model(name, checkpoint=str(ckpt) if ckpt is not None else None)
-    loaded.model.to(device).eval()
-    return loaded
+    return load_cli_model(name, ckpt, device, warn=_warn if D.is_main() else None)
 
 
 def _warn(message: str) -> None:

@@ -1,0 +1,167 @@
+"""On-the-fly common corruptions (ImageNet-C recipe), deterministic per image.
+
+Generic on purpose: the attention diagnostics (`attnprobe stability`) and the on-the-fly ImageNet-C benchmark both
+call `corrupt` on a centre-cropped uint8 image and get the same pixels for the same seed, whatever ran before.
+
+    seed = image_seed("n01440764/ILSVRC2012_val_00000293.JPEG", "gaussian_noise", 3)
+    noisy = corrupt(crop_u8, "gaussian_noise", 3, seed=seed)   # (H, W, 3) uint8
+
+The pixels come from `imagecorruptions` (the ImageNet-C code). It draws from NumPy's *global* random state, so
+`corrupt` seeds that state for the call only and restores it afterwards (under a lock, so threads do not interleave
+draws); `impulse_noise` and `glass_blur` also get the seed through their own `seed` argument, since they do not use
+the global state. Caller's random state is never changed.
+
+Seeds come from SHA-256 of the image id (not Python's salted `hash()`), so they are identical across processes,
+machines and reruns: baseline and TAP/ADL models see the same corrupted inputs.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+
+from attnprobe.errors import UserError
+
+__all__ = [
+    "SEED_SCHEME", "SEVERITIES", "benchmark_names", "corrupt", "corruption_names", "extra_names", "image_seed",
+    "parse_severities", "validate_corruption", "validate_severity",
+]
+
+#: Identifies how seeds are derived; stored with results so a change of scheme is never mixed with old results.
+SEED_SCHEME = "sha256(image|corruption|severity|base)-v1"
+SEVERITIES = (1, 2, 3, 4, 5)
+#: imagecorruptions rejects images smaller than this (pixels per side).
+MIN_SIDE = 32
+
+# NOTE: imagecorruptions uses the process-wide NumPy RNG; one lock serialises the seed-draw-restore sequence.
+_RNG_LOCK = threading.Lock()
+_OWN_SEED_ARG = frozenset({"impulse_noise", "glass_blur"})
+
+
+def benchmark_names() -> list[str]:
+    """The 15 ImageNet-C benchmark corruptions (the mCE set), in the canonical order."""
+    from attnprobe.protocol import benchmark_corruptions
+
+    return benchmark_corruptions()
+
+
+def extra_names() -> list[str]:
+    """The 4 extra (validation) corruptions: speckle_noise, gaussian_blur, spatter, saturate."""
+    from attnprobe.protocol import extra_corruptions
+
+    return extra_corruptions()
+
+
+def corruption_names() -> list[str]:
+    """All 19 corruption names: the 15 benchmark ones, then the 4 extra ones."""
+    return benchmark_names() + extra_names()
+
+
+def validate_corruption(name: str) -> str:
+    """Return `name` if it is a known corruption, else raise `UserError` with a "did you mean" hint."""
+    names = corruption_names()
+    if name in names:
+        return name
+    close = difflib.get_close_matches(str(name), names, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise UserError(f"unknown corruption {name!r}; {hint}choose one of: {', '.join(names)}")
+
+
+def validate_severity(severity: int | str) -> int:
+    """Return the severity as an int in 1..5, else raise `UserError`."""
+    try:
+        s = int(severity)
+        ok = str(severity).strip().lstrip("+").isdigit() if isinstance(severity, str) else s == severity
+    except (TypeError, ValueError):
+        ok = False
+    if not ok or s not in SEVERITIES:
+        raise UserError(f"invalid severity {severity!r}; use an integer from 1 to 5, or 'all'")
+    return s
+
+
+def parse_severities(value: str | int | None, default: int = 3) -> list[int]:
+    """Parse a CLI severity: `None` → `[default]`, `"all"` → `[1..5]`, `"2"` or `"1,3"` → those severities."""
+    if value is None:
+        return [validate_severity(default)]
+    text = str(value).strip().lower()
+    if text == "all":
+        return list(SEVERITIES)
+    out = [validate_severity(part.strip()) for part in text.split(",") if part.strip()]
+    if not out:
+        raise UserError(f"invalid severity {value!r}; use an integer from 1 to 5, a list like 1,3, or 'all'")
+    return sorted(set(out))
+
+
+def image_seed(image_id: str, corruption: str = "", severity: int = 0, base_seed: int = 0) -> int:
+    """A stable 32-bit seed for one image (and corruption/severity): equal on every machine and run.
+
+    Args:
+        image_id: the image's stable id (path relative to the data root, or a sample name).
+        corruption: corruption name (different corruptions draw independently).
+        severity: severity (different severities draw independently, as in ImageNet-C).
+        base_seed: changes every draw at once (e.g. for a second repetition of an experiment).
+    """
+    text = f"{image_id}|{corruption}|{int(severity)}|{int(base_seed)}"
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:4], "little")
+
+
+@contextmanager
+def _seeded_global_rng(seed: int) -> Iterator[None]:
+    """Seed NumPy's global RNG for the block and restore the caller's state afterwards."""
+    with _RNG_LOCK:
+        saved = np.random.get_state()
+        np.random.seed(seed % 2**32)
+        try:
+            yield
+        finally:
+            np.random.set_state(saved)
+
+
+def corrupt(image: np.ndarray, name: str, severity: int, seed: int) -> np.ndarray:
+    """Apply one ImageNet-C corruption to an image, deterministically for a given seed.
+
+    Corrupt *after* resizing and centre-cropping to the model's input size (the ImageNet-C recipe), then normalise.
+
+    Args:
+        image: (H, W, 3) uint8 RGB (a (H, W) grey image is stacked to 3 channels); both sides >= 32 pixels.
+        name: corruption name (see `corruption_names`).
+        severity: 1..5.
+        seed: e.g. `image_seed(image_id, name, severity)`.
+
+    Returns:
+        (H, W, 3) uint8, the same size as the input.
+    """
+    name = validate_corruption(name)
+    severity = validate_severity(severity)
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8:
+        raise ValueError(f"corrupt() expects a uint8 image, got dtype {arr.dtype}")
+    if arr.ndim == 2:
+        arr = np.stack([arr] * 3, axis=-1)
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
+        raise ValueError(f"corrupt() expects an (H, W, 3) image, got shape {arr.shape}")
+    arr = np.ascontiguousarray(arr[..., :3])
+    h, w = arr.shape[:2]
+    if min(h, w) < MIN_SIDE:
+        raise UserError(f"image of {w}x{h} pixels is too small to corrupt; both sides must be >= {MIN_SIDE} pixels")
+
+    from imagecorruptions import corrupt as _ic_corrupt
+
+    kwargs = {"seed": int(seed) % 2**32} if name in _OWN_SEED_ARG else {}
+    with _seeded_global_rng(int(seed)):
+        out = _ic_corrupt(arr, severity=severity, corruption_name=name, **kwargs)
+    out = np.asarray(out)
+    if out.ndim == 2:
+        out = np.stack([out] * 3, axis=-1)
+    if out.shape[:2] != (h, w):
+        # NOTE: a few corruptions can come back a pixel off for odd sizes; crop/pad to the input size.
+        fixed = np.zeros((h, w, 3), dtype=np.uint8)
+        hh, ww = min(h, out.shape[0]), min(w, out.shape[1])
+        fixed[:hh, :ww] = out[:hh, :ww, :3]
+        out = fixed
+    return np.ascontiguousarray(out[..., :3].astype(np.uint8, copy=False))
