@@ -73,3 +73,18 @@ def test_offline_url_download_says_pass_ckpt(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setenv("ATTNPROBE_CACHE", str(tmp_path))
     with pytest.raises(UserError, match="pass it with --ckpt PATH"):
         zoo.load_model("fan_b_tapadl", pretrained=True)
+
+
+def test_eval_transform_sizes_and_pickles() -> None:
+    import pickle
+
+    from PIL import Image
+
+    from attnprobe.data.transforms import eval_transform, resize_size
+
+    pre = zoo.Preprocessing(input_size=224, crop_pct=0.875)
+    assert resize_size(pre) == 256  # timm: floor(224 / 0.875)
+    t = pickle.loads(pickle.dumps(eval_transform(pre)))
+    x = t(Image.new("RGB", (300, 400), (255, 0, 0)))
+    assert x.shape == (3, 224, 224)
+    assert torch.allclose(x[0], torch.full((224, 224), (1 - 0.485) / 0.229), atol=1e-5)

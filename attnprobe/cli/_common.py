@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+from pathlib import Path
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -22,6 +23,9 @@ app = typer.Typer(
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: Where every command's results store lives unless --out says otherwise (one store shared by all commands).
+DEFAULT_OUT = Path("attnprobe-results")
 
 #: Human-readable output goes to stdout; progress and warnings go to stderr so `--json` stdout stays clean.
 # NOTE: a pipe or a CI log has no terminal width; 140 columns keeps tables readable there instead of folding at 80.

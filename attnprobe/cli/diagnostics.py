@@ -19,10 +19,9 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from attnprobe.cli._common import command, console, err_console, print_json, show_progress
+from attnprobe.cli._common import DEFAULT_OUT, command, console, err_console, print_json, show_progress
 from attnprobe.errors import UserError
 
-DEFAULT_OUT = Path("attnprobe-results")
 
 _MODELS = typer.Option(..., "--model", "-m", help="Zoo name (fan_b_tapadl), official or timm name; repeat to compare.")
 _CKPTS = typer.Option(None, "--ckpt", help="Checkpoint of each --model, in order (default: the model's published "

@@ -20,10 +20,9 @@ from typing import Any, Callable, Optional
 
 import typer
 
-from attnprobe.cli._common import command, console, err_console, print_json, show_progress
+from attnprobe.cli._common import DEFAULT_OUT, command, console, err_console, print_json, show_progress
 from attnprobe.errors import UserError
 
-DEFAULT_OUT = Path("attnprobe-results")
 
 _MODELS = typer.Option(None, "--model", "-m", help="Zoo, official or timm model name; repeat for a paired "
                        "comparison of several models.")

@@ -43,20 +43,35 @@ def resize_and_crop(image: Image.Image, pre: Preprocessing) -> Image.Image:
     return TF.center_crop(image, [pre.input_size, pre.input_size])
 
 
+class NormalizeTransform:
+    """To tensor + normalise only, for images already at the model's input size (e.g. ImageNet-C files).
+
+    A class rather than a closure so that DataLoader workers can pickle it (spawned processes on macOS/Windows).
+    """
+
+    def __init__(self, pre: Preprocessing) -> None:
+        self.mean, self.std = list(pre.mean), list(pre.std)
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return TF.normalize(TF.to_tensor(image.convert("RGB")), self.mean, self.std)
+
+
+class EvalTransform:
+    """The standard evaluation transform of a model: resize, centre crop, to tensor, normalise (picklable)."""
+
+    def __init__(self, pre: Preprocessing) -> None:
+        self.pre = pre
+        self.normalize = NormalizeTransform(pre)
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return self.normalize(resize_and_crop(image, self.pre))
+
+
 def normalize_transform(pre: Preprocessing) -> Callable[[Image.Image], torch.Tensor]:
-    """To tensor + normalise only, for images already at the model's input size (e.g. ImageNet-C files)."""
-
-    def apply(image: Image.Image) -> torch.Tensor:
-        return TF.normalize(TF.to_tensor(image.convert("RGB")), list(pre.mean), list(pre.std))
-
-    return apply
+    """To tensor + normalise only (see `NormalizeTransform`)."""
+    return NormalizeTransform(pre)
 
 
 def eval_transform(pre: Preprocessing) -> Callable[[Image.Image], torch.Tensor]:
-    """The standard evaluation transform of a model: resize, centre crop, to tensor, normalise."""
-    norm = normalize_transform(pre)
-
-    def apply(image: Image.Image) -> torch.Tensor:
-        return norm(resize_and_crop(image, pre))
-
-    return apply
+    """Resize, centre crop, to tensor, normalise (see `EvalTransform`)."""
+    return EvalTransform(pre)

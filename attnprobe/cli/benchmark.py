@@ -1,0 +1,256 @@
+"""`attnprobe mce` (ImageNet-C) and `attnprobe clean` (clean top-1 accuracy).
+
+    attnprobe mce --model fan_b_tapadl --ckpt tapadl_fan_base.pth.tar --data /data/imagenet-c --out results/
+    attnprobe mce --model resnet50 --clean /data/imagenet/val --on-the-fly --corruption fog --limit 2000
+    attnprobe mce --model fan_b_tapadl --clean bundled --on-the-fly -c gaussian_noise      # demo, no data needed
+    torchrun --nproc_per_node=8 -m attnprobe mce --model fan_b_tapadl --data /data/imagenet-c --out results/
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from attnprobe.cli._common import DEFAULT_OUT, command, console, err_console, print_json, show_progress
+from attnprobe.errors import UserError
+
+BUNDLED = "bundled"  # same as attnprobe.data.imagenet_c.BUNDLED, repeated here to keep `--help` free of torch
+
+_MODEL = typer.Option(..., "--model", "-m", help="Zoo name (fan_b_tapadl), official name or any timm model name; "
+                      "repeat to evaluate several models in one run.")
+_CKPT = typer.Option(None, "--ckpt", help="Checkpoint file (.pth, .pth.tar, .safetensors), one per --model in order; "
+                     "default: the model's published weights; '-' for random weights (a smoke test only).")
+_OUT = typer.Option(DEFAULT_OUT, "--out", "-o", help="Output directory holding the results store (results.sqlite).")
+_BATCH = typer.Option(128, "--batch-size", "-b", min=1, help="Images per batch on each process.")
+_WORKERS = typer.Option(None, "--workers", "-j", min=0,
+                        help="Data loader processes per rank (default: min(8, CPU cores / ranks on the node)).")
+_LIMIT = typer.Option(None, "--limit", min=1, help="Evenly spaced subset of N images per cell (quick checks).")
+_DEVICE = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: the local GPU if any, else cpu).")
+_JSON = typer.Option(False, "--json", help="Print results as JSON on stdout (no progress bar).")
+_FRESH = typer.Option(False, "--fresh", help="Recompute cells already in the store (their old rows are replaced).")
+_STRICT = typer.Option(False, "--strict", help="Fail on an unreadable image instead of skipping and counting it.")
+_QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar.")
+
+
+def _pct(x: float | None, digits: int = 2) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.{digits}f}"
+
+
+def _pair_models(models: list[str], ckpts: Optional[list[Path]]) -> list[tuple[str, Optional[str]]]:
+    from attnprobe.cli._loading import pair_models
+
+    return pair_models(models, ckpts)
+
+
+def _load(name: str, ckpt: Optional[str], device: Any, quiet: bool) -> Any:
+    from attnprobe import distributed as D
+    from attnprobe.cli._loading import load_cli_model
+
+    return load_cli_model(name, ckpt, device, warn=_warn if D.is_main() and not quiet else None)
+
+
+def _warn(message: str) -> None:
+    err_console.print(f"[yellow]warning:[/] {message}", soft_wrap=True)
+
+
+def _warn_only(quiet: bool) -> Any:
+    """A progress hook that draws nothing and prints only warnings (stderr), unless quiet."""
+    from attnprobe.evaluate import ProgressHook
+
+    class WarnOnly(ProgressHook):
+        def warn(self, message: str) -> None:
+            if not quiet:
+                _warn(message)
+
+    return WarnOnly()
+
+
+def _run_with_progress(fn: Any, quiet: bool, json_out: bool, **kw: Any) -> Any:
+    from contextlib import nullcontext
+
+    from attnprobe import distributed as D
+    from attnprobe.evaluate import RichProgress
+
+    if D.is_main() and show_progress(quiet, json_out):
+        ctx: Any = RichProgress(console=err_console, warn=_warn)
+    else:
+        ctx = nullcontext(_warn_only(quiet))
+    with ctx as progress:
+        return fn(progress=progress, **kw)
+
+
+def _print_mce(d: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    from attnprobe.robustness import DISPLAY_NAMES
+
+    console.print(f"[bold]{d['model']}[/]  checkpoint {d['checkpoint_sha256'][:12]}  ({d['source']} ImageNet-C)")
+    by: dict[str, dict[int, dict[str, Any]]] = {}
+    for c in d["cells"]:
+        by.setdefault(c["corruption"], {})[c["severity"]] = c
+    sevs = sorted({c["severity"] for c in d["cells"]})
+    table = Table(title="top-1 error (%) per corruption and severity; CE normalised by AlexNet (%)")
+    table.add_column("corruption")
+    for s in sevs:
+        table.add_column(f"s{s}", justify="right")
+    table.add_column("mean", justify="right")
+    table.add_column("CE", justify="right")
+    table.add_column("n", justify="right")
+    for name, cells in by.items():
+        errs = [cells[s]["top1_error"] for s in sevs if s in cells and cells[s]["top1_error"] is not None]
+        mean = sum(errs) / len(errs) if errs else None
+        n = sum(cells[s]["n"] for s in cells)
+        table.add_row(DISPLAY_NAMES.get(name, name), *[_pct(cells[s]["top1_error"]) if s in cells else "-"
+                                                       for s in sevs],
+                      _pct(mean), _pct(d["ce"].get(name)), str(n))
+    console.print(table)
+    skipped = sum(c["skipped"] for c in d["cells"])
+    if skipped:
+        console.print(f"[yellow]{skipped} unreadable image(s) skipped and left out of the counts[/]")
+    if d["complete"]:
+        console.print(f"[bold]mCE {_pct(d['mce'], 1)}[/] (AlexNet-normalised, 15 corruptions x 5 severities, "
+                      f"lower is better)")
+        if d.get("relative_mce") is not None:
+            console.print(f"relative mCE {_pct(d['relative_mce'], 1)}  (clean error {_pct(d['clean_error'])})")
+        console.print(f"mean corrupted accuracy {_pct(d['mean_corrupted_accuracy'])}% "
+                      f"(an accuracy, not the mCE; FAN's IN-C column)")
+        if d.get("retention") is not None:
+            console.print(f"retention {_pct(d['retention'], 1)}% (corrupted / clean accuracy, FAN's metric)")
+    else:
+        sevs_txt = ", ".join(str(s) for s in sevs)
+        console.print(f"[yellow]partial table ({len(by)} corruption(s), severities {sevs_txt}): no mCE, which needs "
+                      f"all 15 benchmark corruptions x 5 severities[/]")
+        if d.get("clean_error") is not None:
+            console.print(f"clean error {_pct(d['clean_error'])}%")
+    for note in d.get("notes", []):
+        console.print(f"note: {note}")
+    if d.get("out"):
+        console.print(f"results store: {Path(d['out']) / 'results.sqlite'}")
+
+
+@command("mce", help="ImageNet-C benchmark: top-1 error per corruption and severity, CE and mCE (resumable).")
+def mce_cli(
+    model: list[str] = _MODEL,
+    ckpt: Optional[list[Path]] = _CKPT,
+    data: Optional[Path] = typer.Option(None, "--data", help="Released ImageNet-C tree "
+                                        "<root>/<corruption>/<severity>/<wnid>/*.JPEG (224-px files)."),
+    clean: Optional[Path] = typer.Option(None, "--clean", help="Clean validation folder <val>/<wnid>/*: corrupted "
+                                         "with --on-the-fly, and scored clean for the relative mCE / retention; "
+                                         "'bundled': the 3 bundled photos (a demo, not a benchmark)."),
+    on_the_fly: bool = typer.Option(False, "--on-the-fly", help="Corrupt --clean images with the ImageNet-C recipe."),
+    corruption: Optional[list[str]] = typer.Option(None, "--corruption", "-c",
+                                                   help="Corruption name (repeat); default: the 15 of the mCE."),
+    severity: Optional[list[int]] = typer.Option(None, "--severity", "-s", help="Severity 1-5 (repeat); default all."),
+    limit: Optional[int] = _LIMIT,
+    batch_size: int = _BATCH,
+    workers: Optional[int] = _WORKERS,
+    out: Path = _OUT,
+    device: Optional[str] = _DEVICE,
+    no_jpeg: bool = typer.Option(False, "--no-jpeg", help="On the fly: skip the JPEG quality-85 round trip."),
+    fresh: bool = _FRESH,
+    strict: bool = _STRICT,
+    json_out: bool = _JSON,
+    quiet: bool = _QUIET,
+    chunk_size: int = typer.Option(1000, "--chunk-size", min=1, hidden=True,
+                                   help="Images per committed chunk; a resumed run must use the same value."),
+) -> None:
+    """Evaluate each model on every ImageNet-C cell with the model loaded once; finished cells are skipped."""
+    from attnprobe import distributed as D
+    from attnprobe.evaluate import check_imagenet_c_inputs, evaluate_imagenet_c
+    from attnprobe.store import ResultsStore
+
+    pairs = _pair_models(model, ckpt)
+    notes: list[str] = []
+    if clean is not None and str(clean) == BUNDLED and not clean.exists():
+        from attnprobe.data.imagenet_c import bundled_clean_folder
+
+        clean = bundled_clean_folder(out)
+        notes.append("bundled photos: 3 images, a demo of the pipeline, not an ImageNet-C measurement")
+    # every input check (names, folders, file lists) runs before any model is loaded
+    scanned = check_imagenet_c_inputs(data, clean, on_the_fly, corruption, severity)
+    ctx = D.init_from_env(device=device)
+    store = ResultsStore(out) if ctx.is_main else None
+    payloads = []
+    try:
+        for name, path in pairs:
+            loaded = _load(name, path, ctx.device, quiet)
+            report = _run_with_progress(
+                evaluate_imagenet_c, quiet, json_out, loaded=loaded, store=store, data=data, clean=clean,
+                on_the_fly=on_the_fly, corruptions=corruption, severities=severity, limit=limit,
+                jpeg_quality=None if no_jpeg else 85, scanned=scanned, batch_size=batch_size, workers=workers,
+                device=ctx.device, fresh=fresh, strict=strict, chunk_size=chunk_size)
+            payload = report.as_dict()
+            payload["notes"] = notes + payload["notes"]
+            payloads.append(payload)
+            del loaded
+    finally:
+        if store is not None:
+            store.close()
+        D.cleanup()
+    if not ctx.is_main:
+        return
+    if json_out:
+        print_json({"results": payloads})
+        return
+    for payload in payloads:
+        _print_mce(payload)
+
+
+@command("clean", help="Clean top-1 accuracy on an ImageNet-style validation folder (resumable).")
+def clean_cli(
+    model: list[str] = _MODEL,
+    ckpt: Optional[list[Path]] = _CKPT,
+    data: Path = typer.Option(..., "--data", help="Validation folder <val>/<wnid>/* (labels: canonical wnid order)."),
+    limit: Optional[int] = _LIMIT,
+    batch_size: int = _BATCH,
+    workers: Optional[int] = _WORKERS,
+    out: Path = _OUT,
+    device: Optional[str] = _DEVICE,
+    fresh: bool = _FRESH,
+    strict: bool = _STRICT,
+    json_out: bool = _JSON,
+    quiet: bool = _QUIET,
+) -> None:
+    """Top-1 accuracy and error of each model on a clean folder."""
+    from attnprobe import distributed as D
+    from attnprobe.data.folders import scan_class_folders
+    from attnprobe.evaluate import evaluate_clean
+    from attnprobe.store import ResultsStore
+
+    pairs = _pair_models(model, ckpt)
+    samples = scan_class_folders(data, what="validation folder")  # reject a bad folder before loading a model
+    ctx = D.init_from_env(device=device)
+    store = ResultsStore(out) if ctx.is_main else None
+    payloads = []
+    try:
+        for name, path in pairs:
+            loaded = _load(name, path, ctx.device, quiet)
+            res = _run_with_progress(evaluate_clean, quiet, json_out, loaded=loaded, val_dir=data, store=store,
+                                     limit=limit, samples=samples, batch_size=batch_size, workers=workers,
+                                     device=ctx.device, fresh=fresh, strict=strict)
+            payloads.append({"model": loaded.name, "checkpoint_sha256": loaded.checkpoint_sha256,
+                             "preprocessing": loaded.preprocessing.key(), "dataset": res.key.dataset, "n": res.n,
+                             "correct": res.correct, "skipped": res.skipped,
+                             "top1_accuracy": res.top1_accuracy if res.n else None,
+                             "top1_error": res.top1_error if res.n else None, "cached": res.cached,
+                             "out": str(Path(out).expanduser().resolve())})
+            del loaded
+    finally:
+        if store is not None:
+            store.close()
+        D.cleanup()
+    if not ctx.is_main:
+        return
+    if json_out:
+        print_json({"results": payloads})
+        return
+    for p in payloads:
+        skipped = f", skipped {p['skipped']}" if p["skipped"] else ""
+        console.print(f"[bold]{p['model']}[/]  top-1 accuracy {_pct(p['top1_accuracy'])}%  "
+                      f"(error {_pct(p['top1_error'])}%, n={p['n']}{skipped})")
+    if limit is not None:
+        console.print(f"note: --limit {limit}: a subset, not comparable with full-validation numbers")
+    console.print(f"results store: {Path(payloads[0]['out']) / 'results.sqlite'}")
