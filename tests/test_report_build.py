@@ -147,8 +147,8 @@ def test_plot_command_without_data_says_what_to_run(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_plot_heads_computes_missing_maps_with_a_tiny_model(tmp_path: Path) -> None:
     out = tmp_path / "res"
-    r = runner.invoke(app, ["plot-heads", str(out), "--model", "test_vit", "--n", "1", "--format", "png", "--json",
-                            "--device", "cpu"])
+    r = runner.invoke(app, ["plot-heads", str(out), "--model", "test_vit", "--ckpt", "-", "--n", "1", "--format",
+                            "png", "--json", "--device", "cpu"])
     assert r.exit_code == 0, r.output
     payload = json.loads(r.stdout)
     assert payload["computed"] == ["test_vit"]

@@ -25,7 +25,7 @@ _FORMAT = typer.Option("png,pdf", "--format", "-f", help="Figure formats, comma-
 _JSON = typer.Option(False, "--json", help="Print what was written as JSON on stdout.")
 _MODELS = typer.Option(None, "--model", "-m", help="Runs to draw (repeat); with --ckpt, also computes what the "
                                                    "store lacks for them.")
-_CKPTS = typer.Option(None, "--ckpt", help="Checkpoint of each --model, in order ('-' for none), used only when "
+_CKPTS = typer.Option(None, "--ckpt", help="Checkpoint of each --model, in order ('-' for random weights), used only when "
                                            "values must be computed.")
 _DATA = typer.Option(None, "--data", help="Image folder for computing missing values (default: bundled photos).")
 _N = typer.Option(None, "--n", min=1, help="Images to compute missing values on.")
@@ -107,21 +107,15 @@ def _compute_missing(plot: str, results_dir: Path, models: list[str], ckpts: Opt
     if not models:
         raise UserError(f"the store at {results_dir} has no {what}; pass --model NAME --ckpt FILE to compute them, "
                         f"or run `{first} --model NAME --ckpt FILE --out {results_dir}` first")
-    if ckpts is None and not quiet:
-        err_console.print(f"[yellow]note:[/] computing {what} for {', '.join(missing)} without --ckpt (random "
-                          "weights)", soft_wrap=True)
     from attnprobe import diagnostics as D
     from attnprobe.cli.diagnostics import load_entries
     from attnprobe.data.corruptions import validate_corruption
     from attnprobe.data.images import select_images
     from attnprobe.store import ResultsStore
 
-    ck = None
-    if ckpts:
-        if len(ckpts) != len(models):
-            raise UserError(f"got {len(models)} --model but {len(ckpts)} --ckpt; give one --ckpt per --model, in "
-                            "the same order ('-' for none)")
-        ck = [c for m, c in zip(models, ckpts) if m in missing]
+    from attnprobe.cli._loading import pair_models
+
+    ck = [c for m, c in pair_models(models, ckpts) if m in missing] if ckpts else None
     entries = load_entries(missing, ck, device, quiet=quiet or json_out)
     corr = corruption or "gaussian_noise"
     validate_corruption(corr)
