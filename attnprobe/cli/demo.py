@@ -1,0 +1,165 @@
+"""Commands `train` (train or fine-tune with TAP and ADL) and `demo` (the offline end-to-end demo report).
+
+    attnprobe train --tap 4 --adl-weight 1 --out runs/demo_vit_tapadl          # tiny ViT on the synthetic set
+    attnprobe train --arch tap_fan_tiny_12_p16_224 --data my_folder/ --img-size 224 --init fan_tiny.pth --adl-weight 1
+    torchrun --nproc_per_node=2 -m attnprobe train --tap 4 --out runs/x         # DDP (gloo on CPU)
+    attnprobe demo                                                              # reports/demo/, offline, minutes
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.table import Table
+
+from attnprobe.cli._common import command, console, err_console, print_json, show_progress
+from attnprobe.errors import UserError
+
+
+def _f(x: float, pct: bool = False) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{100 * x:.1f}%" if pct else f"{x:.3f}"
+
+
+def _model_args(items: list[str]) -> dict[str, Any]:
+    """Parse ``KEY=VALUE`` pairs; values are JSON when they parse (numbers, true/false, lists), else strings."""
+    import json
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--model-arg {item!r} is not KEY=VALUE; write e.g. --model-arg embed_dim=64")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+@command("train", help="Train or fine-tune a model with TAP and/or ADL (loss = CE + lambda * ADL); resumable.")
+def train_cli(
+    arch: str = typer.Option("attnprobe_demo_vit_tiny", "--arch", help="timm architecture name (default: the tiny "
+                             "demo ViT; FAN/RVT names from attnprobe.archs take --tap too)."),
+    tap: Optional[int] = typer.Option(None, "--tap", help="TAP branches K (num_scales); 0 or 1 = no TAP."),
+    adl_weight: float = typer.Option(0.0, "--adl-weight", help="ADL weight lambda (0 = no ADL)."),
+    adl_tau: float = typer.Option(2.0, "--adl-tau", help="ADL threshold factor tau (entries above tau/N count)."),
+    adl_variant: str = typer.Option("official", "--adl-variant", help="official (released code) or paper (Eq. 1-2)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="ImageFolder root (class folders, or train/ + val/); "
+                                        "default: the synthetic textured-shapes set."),
+    epochs: int = typer.Option(10, "--epochs", "-e", help="Training epochs."),
+    batch_size: int = typer.Option(128, "--batch-size", "-b", help="Global batch size (split across ranks)."),
+    lr: float = typer.Option(2e-3, "--lr", help="Peak AdamW learning rate (warm-up, then cosine)."),
+    weight_decay: float = typer.Option(0.05, "--weight-decay", help="AdamW weight decay."),
+    warmup_epochs: float = typer.Option(1.0, "--warmup-epochs", help="Linear warm-up length in epochs."),
+    img_size: int = typer.Option(64, "--img-size", help="Training resolution (pixels)."),
+    train_images: int = typer.Option(6000, "--train-images", help="Synthetic training images."),
+    val_images: int = typer.Option(1000, "--val-images", help="Synthetic validation images."),
+    seed: int = typer.Option(0, "--seed", help="Seed of initialisation, data order and augmentation."),
+    model_arg: Optional[list[str]] = typer.Option(None, "--model-arg", help="Constructor argument KEY=VALUE "
+                                                  "(repeatable), e.g. --model-arg embed_dim=64 --model-arg depth=4."),
+    init: Optional[Path] = typer.Option(None, "--init", help="Start from these weights (fine-tuning; new TAP "
+                                        "modules and a new head start fresh)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Model name for the card (default from arch/TAP/ADL)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default runs/<name>)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    save_every: int = typer.Option(0, "--save-every", help="Also checkpoint every N steps (0: every epoch)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads per process."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda if available)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout (nothing else there)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+) -> None:
+    from attnprobe.train import TrainConfig, default_run_name, train
+
+    run_name = name or default_run_name(arch, tap, adl_weight)
+    cfg = TrainConfig(arch=arch, tap=tap, adl_weight=adl_weight, adl_tau=adl_tau, adl_variant=adl_variant,
+                      data=str(data) if data else None, img_size=img_size, train_images=train_images,
+                      val_images=val_images, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                      warmup_epochs=warmup_epochs, seed=seed, init=str(init) if init else None, name=name,
+                      out=str(out or Path("runs") / run_name), save_every=save_every, threads=threads,
+                      device=device, model_kwargs=_model_args(model_arg or []))
+    cfg.command = cfg.to_command()
+    # NOTE: under torchrun only rank 0 talks (RANK is set before the process group exists).
+    talk = not quiet and not json_out and os.environ.get("RANK", "0") == "0"
+    bar = show_progress(quiet, json_out)
+
+    def progress(d: dict[str, Any]) -> None:
+        if d["kind"] == "epoch" and talk:
+            err_console.print(f"epoch {d['epoch']}/{epochs}  loss {d['train_loss']:.3f}  "
+                              f"val acc {100 * d['val_accuracy']:.1f}%  val ADL {_f(d['val_adl'])}  "
+                              f"({d['seconds']:.0f} s)", soft_wrap=True)
+        elif d["kind"] == "step" and bar and d["step"] % 10 == 0:
+            err_console.print(f"  step {d['global_step']}/{d['total_steps']}  loss {d['loss']:.3f}", end="\r")
+
+    res = train(cfg, resume=resume, progress=progress)
+    if json_out:
+        if os.environ.get("RANK", "0") == "0":
+            from dataclasses import asdict
+
+            print_json(asdict(res))
+        return
+    if not talk:
+        return
+    t = Table(title=f"{res.name} ({'finished' if res.finished else 'stopped'})")
+    for col in ("epoch", "val acc", "val loss", "val ADL", "train CE", "train ADL", "time"):
+        t.add_column(col, justify="right")
+    t.add_row(str(res.epoch), _f(res.val_accuracy, pct=True), _f(res.val_loss), _f(res.val_adl), _f(res.train_ce),
+              _f(res.train_adl), f"{res.seconds:.0f} s")
+    console.print(t)
+    if res.card:
+        console.print(f"weights: {res.weights}\ncard:    {res.card}  (copy both into models/ to use it as a zoo "
+                      "model)")
+
+
+@command("demo", help="Offline end-to-end demo: the bundled tiny models (baseline, +TAP, +ADL, +TAP & ADL), every "
+                      "diagnostic, an on-the-fly corruption benchmark and the full report (minutes on a CPU, no data, "
+                      "no network).")
+def demo_cli(
+    out: Path = typer.Option(Path("reports/demo"), "--out", "-o", help="Report folder (results store in "
+                             "<out>/results)."),
+    quick: bool = typer.Option(False, "--quick", help="Reduced mode: few images, three corruptions (a smoke test)."),
+    bench_images: Optional[int] = typer.Option(None, "--bench-images", min=1, help="Images per corruption x "
+                                               "severity cell (default 300; quick 10)."),
+    diag_images: Optional[int] = typer.Option(None, "--diag-images", min=1, help="Images for the attention "
+                                              "diagnostics (default 64; quick 6)."),
+    workers: int = typer.Option(2, "--workers", min=0, help="Processes that corrupt images (0: none)."),
+    threads: int = typer.Option(1, "--threads", min=1, help="torch CPU threads (1 is fastest for the tiny models)."),
+    fresh: bool = typer.Option(False, "--fresh", help="Delete the previous results store in <out>/results first."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout (nothing else there)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+) -> None:
+    from dataclasses import asdict
+
+    from attnprobe.demo import DemoConfig, run_demo
+
+    talk = not quiet and not json_out
+    last = {"stage": ""}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if talk and (stage != last["stage"] or done == total):
+            if stage != last["stage"]:
+                err_console.print(f"[dim]{stage}...[/]")
+            last["stage"] = stage
+
+    cfg = DemoConfig(out=str(out), quick=quick, bench_images=bench_images, diag_images=diag_images, workers=workers,
+                     threads=threads, fresh=fresh)
+    res = run_demo(cfg, progress=progress)
+    if json_out:
+        print_json(asdict(res))
+        return
+    if quiet:
+        return
+    t = Table(title=f"attnprobe demo ({res.seconds:.0f} s)")
+    for col in ("model", "clean acc", "mCE vs baseline", "stability (noise s3)", "row sim.", "head sim."):
+        t.add_column(col, justify="right" if col != "model" else "left")
+    for name, r in res.summary["models"].items():
+        t.add_row(r["title"], _f(r.get("clean_accuracy", math.nan), pct=True), _f(r["mce_vs_baseline"], pct=True),
+                  _f(r["stability_gaussian_noise_s3"]), _f(r["row_similarity"]), _f(r["head_similarity"]))
+    console.print(t)
+    console.print("CE is normalised by the demo baseline (not AlexNet). "
+                  f"Report: {res.index}\nSummary: {Path(res.out) / 'summary.md'}")
