@@ -24,6 +24,7 @@ from timm.layers import DropPath
 from timm.models import register_model
 from torch import nn
 
+from attnprobe.archs.attention import MaskedTokenAttention
 from attnprobe.archs.tap import TokenAwarePooling
 
 __all__ = ["DemoAttention", "DemoBlock", "DemoViT", "DEMO_MEAN", "DEMO_STD", "attnprobe_demo_vit_tiny"]
@@ -33,38 +34,13 @@ DEMO_MEAN = (0.5, 0.5, 0.5)
 DEMO_STD = (0.25, 0.25, 0.25)
 
 
-class DemoAttention(nn.Module):
-    """Multi-head self-attention with a fused ``qkv`` projection (the timm ViT layout)."""
-
-    attention_kind = "token"
+class DemoAttention(MaskedTokenAttention):
+    """Multi-head self-attention with a fused ``qkv`` projection (the timm ViT layout): RVT's attention without its
+    position mask, so the demo models follow the same attention contract and code path as the full-size ones."""
 
     def __init__(self, dim: int, num_heads: int = 4, qkv_bias: bool = True, attn_drop: float = 0.0,
                  proj_drop: float = 0.0) -> None:
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.scale = self.head_dim ** -0.5
-        self.fused_attn = True
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, N, C = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, H, N, D)
-        q, k, v = qkv.unbind(0)  # each (B, H, N, D)
-        if self.fused_attn:
-            p = self.attn_drop.p if self.training else 0.0
-            x = nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=p, scale=self.scale)
-        else:
-            attn = (q * self.scale) @ k.transpose(-2, -1)  # (B, H, N, N)
-            attn = self.attn_drop(attn.softmax(dim=-1))
-            x = attn @ v  # (B, H, N, D)
-        x = x.transpose(1, 2).reshape(B, N, C)  # (B, N, C)
-        return self.proj_drop(self.proj(x))
+        super().__init__(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop, use_mask=False)
 
 
 class DemoBlock(nn.Module):

@@ -30,7 +30,7 @@ def test_summary_table_reproduces_paper_layout() -> None:
     t = T.summary_table(_summary(), labels={"fan_b": "FAN-B-Hybrid", "fan_b_tapadl": "+ TAP & ADL"},
                         baseline="fan_b")
     assert list(t.display.index) == ["FAN-B-Hybrid", "+ TAP & ADL"]
-    assert list(t.display.columns) == ["ImageNet ↑", "IN-C mCE ↓", "IN-P mFR ↓", "IN-A ↑", "IN-R ↑"]
+    assert list(t.display.columns) == ["Clean acc. ↑", "IN-C mCE ↓", "IN-P mFR ↓", "IN-A ↑", "IN-R ↑"]
     assert list(t.display.loc["FAN-B-Hybrid"]) == ["83.9", "46.1", "31.3", "39.6", "52.7"]
     # the paper's row: 84.3 (+0.4) 43.7 (-2.4) 29.2 (-2.1) 42.3 (+2.7) 54.6 (+1.9)
     assert list(t.display.loc["+ TAP & ADL"]) == ["84.3 (+0.4)", "43.7 (-2.4)", "29.2 (-2.1)", "42.3 (+2.7)",
@@ -46,19 +46,19 @@ def test_summary_table_intervals_paper_rows_and_partial() -> None:
     iv = {("fan_b", "clean"): Interval(0.839, 0.837, 0.841)}
     paper = {"fan_b_tapadl": {"clean": 0.843, "mce": 0.437}}
     t = T.summary_table(s, baseline="fan_b", intervals=iv, paper=paper)
-    assert t.display.loc["fan_b", "ImageNet ↑"] == "83.9 ± 0.2"
+    assert t.display.loc["fan_b", "Clean acc. ↑"] == "83.9 ± 0.2"
     # a partial mean CE is starred, never compared with a complete mCE, and explained in a note
     assert t.display.loc["fan_b_tapadl", "IN-C mCE ↓"] == "43.7*"
     assert any("not an mCE" in n for n in t.notes)
     assert list(t.display.index) == ["fan_b", "fan_b_tapadl", "fan_b_tapadl (paper)"]
-    assert t.display.loc["fan_b_tapadl (paper)", "ImageNet ↑"] == "84.3"
+    assert t.display.loc["fan_b_tapadl (paper)", "Clean acc. ↑"] == "84.3"
     assert t.display.loc["fan_b_tapadl (paper)", "IN-R ↑"] == "–"
 
 
 def test_missing_columns_are_left_out() -> None:
     s = pd.DataFrame({"clean": [0.8, 0.81], "pgd": [math.nan, math.nan]}, index=["a", "b"])
     t = T.summary_table(s)
-    assert list(t.display.columns) == ["ImageNet ↑"]
+    assert list(t.display.columns) == ["Clean acc. ↑"]
 
 
 def _errors(scale: float) -> dict[str, dict[int, float]]:
