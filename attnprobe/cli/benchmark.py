@@ -14,25 +14,13 @@ from typing import Any, Optional
 
 import typer
 
-from attnprobe.cli._common import DEFAULT_OUT, command, console, err_console, print_json, show_progress
+from attnprobe.cli import _options as O
+from attnprobe.cli._common import command, console, err_console, print_json, show_progress
 from attnprobe.errors import UserError
 
 BUNDLED = "bundled"  # same as attnprobe.data.imagenet_c.BUNDLED, repeated here to keep `--help` free of torch
 
-_MODEL = typer.Option(..., "--model", "-m", help="Zoo name (fan_b_tapadl), official name or any timm model name; "
-                      "repeat to evaluate several models in one run.")
-_CKPT = typer.Option(None, "--ckpt", help="Checkpoint file (.pth, .pth.tar, .safetensors), one per --model in order; "
-                     "default: the model's published weights; '-' for random weights (a smoke test only).")
-_OUT = typer.Option(DEFAULT_OUT, "--out", "-o", help="Output directory holding the results store (results.sqlite).")
 _BATCH = typer.Option(128, "--batch-size", "-b", min=1, help="Images per batch on each process.")
-_WORKERS = typer.Option(None, "--workers", "-j", min=0,
-                        help="Data loader processes per rank (default: min(8, CPU cores / ranks on the node)).")
-_LIMIT = typer.Option(None, "--limit", min=1, help="Evenly spaced subset of N images per cell (quick checks).")
-_DEVICE = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: the local GPU if any, else cpu).")
-_JSON = typer.Option(False, "--json", help="Print results as JSON on stdout (no progress bar).")
-_FRESH = typer.Option(False, "--fresh", help="Recompute cells already in the store (their old rows are replaced).")
-_STRICT = typer.Option(False, "--strict", help="Fail on an unreadable image instead of skipping and counting it.")
-_QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar.")
 
 
 def _pct(x: float | None, digits: int = 2) -> str:
@@ -133,8 +121,8 @@ def _print_mce(d: dict[str, Any]) -> None:
 
 @command("mce", help="ImageNet-C benchmark: top-1 error per corruption and severity, CE and mCE (resumable).")
 def mce_cli(
-    model: list[str] = _MODEL,
-    ckpt: Optional[list[Path]] = _CKPT,
+    model: Optional[list[str]] = O.MODELS,
+    ckpt: Optional[list[Path]] = O.CKPTS,
     data: Optional[Path] = typer.Option(None, "--data", help="Released ImageNet-C tree "
                                         "<root>/<corruption>/<severity>/<wnid>/*.JPEG (224-px files)."),
     clean: Optional[Path] = typer.Option(None, "--clean", help="Clean validation folder <val>/<wnid>/*: corrupted "
@@ -144,16 +132,16 @@ def mce_cli(
     corruption: Optional[list[str]] = typer.Option(None, "--corruption", "-c",
                                                    help="Corruption name (repeat); default: the 15 of the mCE."),
     severity: Optional[list[int]] = typer.Option(None, "--severity", "-s", help="Severity 1-5 (repeat); default all."),
-    limit: Optional[int] = _LIMIT,
+    limit: Optional[int] = O.LIMIT,
     batch_size: int = _BATCH,
-    workers: Optional[int] = _WORKERS,
-    out: Path = _OUT,
-    device: Optional[str] = _DEVICE,
+    workers: Optional[int] = O.WORKERS,
+    out: Path = O.OUT,
+    device: Optional[str] = O.DEVICE,
     no_jpeg: bool = typer.Option(False, "--no-jpeg", help="On the fly: skip the JPEG quality-85 round trip."),
-    fresh: bool = _FRESH,
-    strict: bool = _STRICT,
-    json_out: bool = _JSON,
-    quiet: bool = _QUIET,
+    fresh: bool = O.FRESH,
+    strict: bool = O.STRICT,
+    json_out: bool = O.JSON,
+    quiet: bool = O.QUIET,
     chunk_size: int = typer.Option(1000, "--chunk-size", min=1, hidden=True,
                                    help="Images per committed chunk; a resumed run must use the same value."),
 ) -> None:
@@ -201,18 +189,18 @@ def mce_cli(
 
 @command("clean", help="Clean top-1 accuracy on an ImageNet-style validation folder (resumable).")
 def clean_cli(
-    model: list[str] = _MODEL,
-    ckpt: Optional[list[Path]] = _CKPT,
+    model: Optional[list[str]] = O.MODELS,
+    ckpt: Optional[list[Path]] = O.CKPTS,
     data: Path = typer.Option(..., "--data", help="Validation folder <val>/<wnid>/* (labels: canonical wnid order)."),
-    limit: Optional[int] = _LIMIT,
+    limit: Optional[int] = O.LIMIT,
     batch_size: int = _BATCH,
-    workers: Optional[int] = _WORKERS,
-    out: Path = _OUT,
-    device: Optional[str] = _DEVICE,
-    fresh: bool = _FRESH,
-    strict: bool = _STRICT,
-    json_out: bool = _JSON,
-    quiet: bool = _QUIET,
+    workers: Optional[int] = O.WORKERS,
+    out: Path = O.OUT,
+    device: Optional[str] = O.DEVICE,
+    fresh: bool = O.FRESH,
+    strict: bool = O.STRICT,
+    json_out: bool = O.JSON,
+    quiet: bool = O.QUIET,
 ) -> None:
     """Top-1 accuracy and error of each model on a clean folder."""
     from attnprobe import distributed as D

@@ -19,23 +19,17 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from attnprobe.cli._common import DEFAULT_OUT, command, console, err_console, print_json, show_progress
+from attnprobe.cli import _options as O
+from attnprobe.cli._common import command, console, err_console, print_json, show_progress
 from attnprobe.errors import UserError
 
 
-_MODELS = typer.Option(..., "--model", "-m", help="Zoo name (fan_b_tapadl), official or timm name; repeat to compare.")
-_CKPTS = typer.Option(None, "--ckpt", help="Checkpoint of each --model, in order (default: the model's published "
-                      "weights; '-' for random weights).")
 _DATA = typer.Option(None, "--data", help="Folder of images (searched recursively); default: bundled sample photos.")
 _IMAGES = typer.Option(None, "--image", "-i", help="Image file (repeatable); default: bundled sample photos.")
 _N = typer.Option(None, "--n", min=1, help="Use N images (evenly spaced over the sorted folder).")
 _SEVERITY = typer.Option(None, "--severity", "-s", help="1..5, a list like 1,3, or 'all' (default 3).")
-_OUT = typer.Option(DEFAULT_OUT, "--out", "-o", help="Output directory holding the results store (results.sqlite).")
 _BATCH = typer.Option(16, "--batch-size", "-b", min=1, help="Images per forward pass.")
-_DEVICE = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: the GPU if any, else cpu).")
 _FRESH = typer.Option(False, "--fresh", help="Drop this command's stored values for these models and recompute.")
-_JSON = typer.Option(False, "--json", help="Print the result as JSON on stdout (nothing else there).")
-_QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar.")
 
 
 def _fmt(x: Any, digits: int = 3) -> str:
@@ -134,20 +128,20 @@ def _model_columns_table(title: str, group: list[dict[str, Any]], field: str, su
 # -- commands ---------------------------------------------------------------------------------------------------------
 @command("stability")
 def stability_cli(
-    model: list[str] = _MODELS,
-    ckpt: Optional[list[str]] = _CKPTS,
+    model: Optional[list[str]] = O.MODELS,
+    ckpt: Optional[list[str]] = O.CKPTS,
     corruption: str = typer.Option("gaussian_noise", "--corruption", "-c", help="ImageNet-C corruption name."),
     severity: Optional[str] = _SEVERITY,
     data: Optional[Path] = _DATA,
     image: Optional[list[Path]] = _IMAGES,
     n: Optional[int] = _N,
-    out: Path = _OUT,
+    out: Path = O.OUT,
     keep_maps: int = typer.Option(2, "--keep-maps", min=0, help="Save full maps of the first K images for figures."),
     batch_size: int = _BATCH,
-    device: Optional[str] = _DEVICE,
+    device: Optional[str] = O.DEVICE,
     fresh: bool = _FRESH,
-    json_out: bool = _JSON,
-    quiet: bool = _QUIET,
+    json_out: bool = O.JSON,
+    quiet: bool = O.QUIET,
 ) -> None:
     """Attention stability: cosine between clean and corrupted attention, per image, layer and head."""
     from attnprobe import diagnostics as D
@@ -170,8 +164,8 @@ def stability_cli(
 
 @command("overfocus")
 def overfocus_cli(
-    model: list[str] = _MODELS,
-    ckpt: Optional[list[str]] = _CKPTS,
+    model: Optional[list[str]] = O.MODELS,
+    ckpt: Optional[list[str]] = O.CKPTS,
     corruption: Optional[str] = typer.Option(None, "--corruption", "-c", help="Also measure corrupted images."),
     severity: Optional[str] = _SEVERITY,
     data: Optional[Path] = _DATA,
@@ -179,12 +173,12 @@ def overfocus_cli(
     n: Optional[int] = _N,
     k: int = typer.Option(5, "--k", min=1, help="Columns counted by topk_column_mass."),
     tau: float = typer.Option(2.0, "--tau", help="Threshold of row_similarity, in units of 1/N (the ADL's tau)."),
-    out: Path = _OUT,
+    out: Path = O.OUT,
     batch_size: int = _BATCH,
-    device: Optional[str] = _DEVICE,
+    device: Optional[str] = O.DEVICE,
     fresh: bool = _FRESH,
-    json_out: bool = _JSON,
-    quiet: bool = _QUIET,
+    json_out: bool = O.JSON,
+    quiet: bool = O.QUIET,
 ) -> None:
     """Token overfocusing per layer: row similarity (ADL), top-k column mass, row entropy, column Gini."""
     from attnprobe import diagnostics as D
@@ -220,19 +214,19 @@ def overfocus_cli(
 
 @command("heads")
 def heads_cli(
-    model: list[str] = _MODELS,
-    ckpt: Optional[list[str]] = _CKPTS,
+    model: Optional[list[str]] = O.MODELS,
+    ckpt: Optional[list[str]] = O.CKPTS,
     corruption: Optional[str] = typer.Option(None, "--corruption", "-c", help="Also measure corrupted images."),
     severity: Optional[str] = _SEVERITY,
     data: Optional[Path] = _DATA,
     image: Optional[list[Path]] = _IMAGES,
     n: Optional[int] = _N,
-    out: Path = _OUT,
+    out: Path = O.OUT,
     batch_size: int = _BATCH,
-    device: Optional[str] = _DEVICE,
+    device: Optional[str] = O.DEVICE,
     fresh: bool = _FRESH,
-    json_out: bool = _JSON,
-    quiet: bool = _QUIET,
+    json_out: bool = O.JSON,
+    quiet: bool = O.QUIET,
 ) -> None:
     """Head similarity per layer: mean cosine between the maps of head pairs (lower = more diverse heads)."""
     from attnprobe import diagnostics as D
@@ -257,19 +251,19 @@ def heads_cli(
 
 @command("attention")
 def attention_cli(
-    model: list[str] = _MODELS,
-    ckpt: Optional[list[str]] = _CKPTS,
+    model: Optional[list[str]] = O.MODELS,
+    ckpt: Optional[list[str]] = O.CKPTS,
     image: Optional[list[Path]] = _IMAGES,
     data: Optional[Path] = _DATA,
     n: Optional[int] = _N,
     corruption: Optional[str] = typer.Option(None, "--corruption", "-c", help="Also save maps of corrupted images."),
     severity: Optional[str] = _SEVERITY,
-    out: Path = _OUT,
+    out: Path = O.OUT,
     batch_size: int = _BATCH,
-    device: Optional[str] = _DEVICE,
+    device: Optional[str] = O.DEVICE,
     fresh: bool = _FRESH,
-    json_out: bool = _JSON,
-    quiet: bool = _QUIET,
+    json_out: bool = O.JSON,
+    quiet: bool = O.QUIET,
 ) -> None:
     """Save every layer's attention maps of the given images (.npz under OUT/maps/) for figures."""
     from attnprobe import diagnostics as D

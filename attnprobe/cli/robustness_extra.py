@@ -20,23 +20,9 @@ from typing import Any, Callable, Optional
 
 import typer
 
-from attnprobe.cli._common import DEFAULT_OUT, command, console, err_console, print_json, show_progress
+from attnprobe.cli import _options as O
+from attnprobe.cli._common import command, console, err_console, print_json, show_progress
 from attnprobe.errors import UserError
-
-
-_MODELS = typer.Option(None, "--model", "-m", help="Zoo, official or timm model name; repeat for a paired "
-                       "comparison of several models.")
-_CKPTS = typer.Option(None, "--ckpt", help="Checkpoint file, one per --model in order (default: the model's "
-                      "published weights; '-' for random weights).")
-_OUT = typer.Option(DEFAULT_OUT, "--out", "-o", help="Output directory holding the results store (results.sqlite).")
-_WORKERS = typer.Option(None, "--workers", "-j", min=0,
-                        help="Data loader processes per rank (default: min(8, CPU cores / ranks on the node)).")
-_LIMIT = typer.Option(None, "--limit", min=1, help="Evenly spaced subset of N samples (quick checks).")
-_DEVICE = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: the local GPU if any, else cpu).")
-_JSON = typer.Option(False, "--json", help="Print results as JSON on stdout (no progress bar).")
-_FRESH = typer.Option(False, "--fresh", help="Recompute results already in the store (old rows are replaced).")
-_STRICT = typer.Option(False, "--strict", help="Fail on an unreadable file instead of skipping and counting it.")
-_QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar and no warnings.")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -154,8 +140,8 @@ def _print_mfr(rows: list[dict[str, Any]], source: str) -> None:
 
 @command("mfr", help="ImageNet-P: flip probability, flip rate and mFR, top-5 distance (resumable).")
 def mfr_cli(
-    model: Optional[list[str]] = _MODELS,
-    ckpt: Optional[list[Path]] = _CKPTS,
+    model: Optional[list[str]] = O.MODELS,
+    ckpt: Optional[list[Path]] = O.CKPTS,
     data: Optional[Path] = typer.Option(None, "--data", help="Released ImageNet-P root "
                                         "<root>/<perturbation>[_2|_3]/<wnid>/*.mp4."),
     clean: Optional[Path] = typer.Option(None, "--clean", help="Clean validation folder <val>/<wnid>/* to "
@@ -166,15 +152,15 @@ def mfr_cli(
                                                      "default: the 10 test perturbations of the mFR."),
     difficulty: int = typer.Option(1, "--difficulty", "-d", min=1, max=3, help="1, 2 or 3: noise strength for "
                                    "the noises (folders _2/_3), frame step for the others."),
-    limit: Optional[int] = _LIMIT,
+    limit: Optional[int] = O.LIMIT,
     batch_size: int = typer.Option(64, "--batch-size", "-b", min=1, help="Most frames per forward pass."),
-    workers: Optional[int] = _WORKERS,
-    out: Path = _OUT,
-    device: Optional[str] = _DEVICE,
-    fresh: bool = _FRESH,
-    strict: bool = _STRICT,
-    json_out: bool = _JSON,
-    quiet: bool = _QUIET,
+    workers: Optional[int] = O.WORKERS,
+    out: Path = O.OUT,
+    device: Optional[str] = O.DEVICE,
+    fresh: bool = O.FRESH,
+    strict: bool = O.STRICT,
+    json_out: bool = O.JSON,
+    quiet: bool = O.QUIET,
 ) -> None:
     """Evaluate each model on each ImageNet-P perturbation; finished perturbations are skipped on a rerun."""
     from attnprobe.data.imagenet_p_generate import APPROXIMATIONS
@@ -221,19 +207,19 @@ def mfr_cli(
 # ---------------------------------------------------------------------------------------------------------------
 @command("ood", help="ImageNet-A or ImageNet-R top-1 accuracy on their 200 classes (resumable).")
 def ood_cli(
-    model: Optional[list[str]] = _MODELS,
-    ckpt: Optional[list[Path]] = _CKPTS,
+    model: Optional[list[str]] = O.MODELS,
+    ckpt: Optional[list[Path]] = O.CKPTS,
     set_name: str = typer.Option(..., "--set", "-s", help="a (ImageNet-A) or r (ImageNet-R)."),
     data: Path = typer.Option(..., "--data", help="The set's folder <dir>/<wnid>/* (200 wnids)."),
-    limit: Optional[int] = _LIMIT,
+    limit: Optional[int] = O.LIMIT,
     batch_size: int = typer.Option(128, "--batch-size", "-b", min=1, help="Images per batch on each process."),
-    workers: Optional[int] = _WORKERS,
-    out: Path = _OUT,
-    device: Optional[str] = _DEVICE,
-    fresh: bool = _FRESH,
-    strict: bool = _STRICT,
-    json_out: bool = _JSON,
-    quiet: bool = _QUIET,
+    workers: Optional[int] = O.WORKERS,
+    out: Path = O.OUT,
+    device: Optional[str] = O.DEVICE,
+    fresh: bool = O.FRESH,
+    strict: bool = O.STRICT,
+    json_out: bool = O.JSON,
+    quiet: bool = O.QUIET,
 ) -> None:
     """Top-1 accuracy with the logits restricted to the set's 200 classes."""
     from attnprobe.evaluate_extra import evaluate_subset, subset_samples
@@ -270,22 +256,22 @@ def ood_cli(
 # ---------------------------------------------------------------------------------------------------------------
 @command("pgd", help="Robust top-1 accuracy under L-inf PGD (default PGD-5: eps 1/255, step 0.5/255, 5 steps).")
 def pgd_cli(
-    model: Optional[list[str]] = _MODELS,
-    ckpt: Optional[list[Path]] = _CKPTS,
+    model: Optional[list[str]] = O.MODELS,
+    ckpt: Optional[list[Path]] = O.CKPTS,
     data: Path = typer.Option(..., "--data", help="Validation folder <val>/<wnid>/* (labels: canonical wnid order)."),
-    limit: Optional[int] = _LIMIT,
+    limit: Optional[int] = O.LIMIT,
     eps: float = typer.Option(1.0, "--eps", min=0.0, help="L-inf budget in units of 1/255 (pixel space)."),
     step: float = typer.Option(0.5, "--step", min=0.0, help="Step size in units of 1/255."),
     steps: int = typer.Option(5, "--steps", min=0, help="Number of PGD steps."),
     seed: int = typer.Option(0, "--seed", help="Seed of the per-image random starts."),
     batch_size: int = typer.Option(32, "--batch-size", "-b", min=1, help="Images per attack batch per process."),
-    workers: Optional[int] = _WORKERS,
-    out: Path = _OUT,
-    device: Optional[str] = _DEVICE,
-    fresh: bool = _FRESH,
-    strict: bool = _STRICT,
-    json_out: bool = _JSON,
-    quiet: bool = _QUIET,
+    workers: Optional[int] = O.WORKERS,
+    out: Path = O.OUT,
+    device: Optional[str] = O.DEVICE,
+    fresh: bool = O.FRESH,
+    strict: bool = O.STRICT,
+    json_out: bool = O.JSON,
+    quiet: bool = O.QUIET,
 ) -> None:
     """Clean and robust accuracy of each model; the attack normalises inside, so eps is in pixel units."""
     from attnprobe.data.folders import scan_class_folders

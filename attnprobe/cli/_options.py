@@ -1,0 +1,23 @@
+"""Command-line options shared by several commands, defined once so that their names and help stay in step."""
+
+from __future__ import annotations
+
+import typer
+
+from attnprobe.cli._common import DEFAULT_OUT
+
+# NOTE: not required at the Typer level, so a missing --model gets our one-line error (pair_models), not a usage box.
+MODELS = typer.Option(None, "--model", "-m", help="Zoo name (fan_b_tapadl), official name or any timm model name; "
+                      "repeat to compare several models on the same data.")
+CKPTS = typer.Option(None, "--ckpt", help="Checkpoint file (.pth, .pth.tar, .bin, .safetensors), one per --model in "
+                     "order (default: the model's published weights; '-' for random weights, a smoke test only).")
+OUT = typer.Option(DEFAULT_OUT, "--out", "-o", help="Output directory holding the results store (results.sqlite).")
+WORKERS = typer.Option(None, "--workers", "-j", min=0,
+                       help="Data loader processes per rank (default: min(8, CPU cores / ranks on the node)).")
+LIMIT = typer.Option(None, "--limit", min=1, help="Evenly spaced subset of N samples per cell (quick checks).")
+DEVICE = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: the local GPU if any, else cpu).")
+FRESH = typer.Option(False, "--fresh", help="Recompute what the store already holds for these models and data "
+                     "(the old rows are replaced).")
+STRICT = typer.Option(False, "--strict", help="Fail on an unreadable file instead of skipping and counting it.")
+JSON = typer.Option(False, "--json", help="Print the result as JSON on stdout (nothing else there; no progress bar).")
+QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar and no warnings.")
