@@ -33,7 +33,10 @@ in warnings. Inputs may have any shape the model/scorer accepts (images `(3, H, 
 Scorer contract: `Scorer(fn, fields)`; `fn(model, inputs, targets) -> {field: sum over the batch}` (tensors or
 numbers, on any device); `fields` lists every key `fn` returns, in a fixed order (all ranks must agree). The field
 `"correct"` goes to `ChunkCounts.correct`, the others to `ChunkCounts.extra` (summed over chunks by the store).
-`needs_grad=True` runs the scorer outside `torch.inference_mode` (adversarial attacks).
+`needs_grad=True` runs the scorer outside `torch.inference_mode` (adversarial attacks). `per_sample=True` promises
+that `fn` also returns `"correct_mask"`, a boolean vector with one entry per sample of the batch (not in `fields`):
+the loop then stores each chunk's per-sample correctness beside its counts (`ResultsStore.sample_correctness`), for
+bootstraps paired over images. The built-in top-1 scorers do.
 
 Drivers built on it: `evaluate_clean` (clean top-1, task "clean") and `evaluate_imagenet_c` (task "imagenet_c":
 the released tree or on-the-fly corruption, one pass over all 75 cells, an `ImageNetCReport` with CE/mCE);
@@ -110,19 +113,22 @@ class Scorer:
         fn: `fn(model, inputs, targets) -> {field: batch sum}`; inputs and targets are already on the device.
         fields: every key `fn` returns, in a fixed order; `"correct"` is stored as the chunk's correct count.
         needs_grad: run outside `torch.inference_mode` (e.g. PGD needs input gradients).
+        per_sample: `fn` also returns `"correct_mask"` (bool, one per sample), stored per chunk.
     """
 
     fn: ScoreFn
     fields: tuple[str, ...] = ("correct",)
     needs_grad: bool = False
+    per_sample: bool = False
 
 
 def _top1(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-    return {"correct": (model(x).argmax(dim=1) == y).sum()}
+    hit = model(x).argmax(dim=1) == y
+    return {"correct": hit.sum(), "correct_mask": hit}
 
 
-#: Top-1 correct count over all logits (the default).
-top1_scorer = Scorer(_top1)
+#: Top-1 correct count over all logits (the default), with per-sample correctness.
+top1_scorer = Scorer(_top1, per_sample=True)
 
 
 def restricted_top1_scorer(indices: Sequence[int]) -> Scorer:
@@ -136,9 +142,10 @@ def restricted_top1_scorer(indices: Sequence[int]) -> Scorer:
     def fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         logits = model(x)
         sel = cache.setdefault(logits.device, idx.to(logits.device))
-        return {"correct": (logits.index_select(1, sel).argmax(dim=1) == y).sum()}
+        hit = logits.index_select(1, sel).argmax(dim=1) == y
+        return {"correct": hit.sum(), "correct_mask": hit}
 
-    return Scorer(fn)
+    return Scorer(fn, per_sample=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -494,6 +501,7 @@ def run_cells(model: nn.Module, cells: Sequence[CellSpec], store: ResultsStore |
                                       if autocast_dtype is not None else nullcontext)
         it: Iterator[Any] = iter(loader)
         current = -1
+        per_sample = scorer.per_sample
         try:
             for ch in todo:
                 if ch.cell != current:
@@ -503,10 +511,14 @@ def run_cells(model: nn.Module, cells: Sequence[CellSpec], store: ResultsStore |
                     hook.cell_start(cells[current].key, p["n"], n_done)
                 t0 = time.perf_counter()
                 parts: list[Mapping[str, Any]] = []  # per-batch sums, reduced once per chunk (no per-batch kernels)
+                masks: list[torch.Tensor] = []  # per-sample correctness of the readable samples (on the device)
+                oks: list[torch.Tensor] = []  # readable flags of every sample of this rank's share (CPU)
                 n_ok = n_bad = 0
                 failed = ""
                 for idx in ch.batches():
                     x, y, ok = _unpack(next(it))
+                    if per_sample:
+                        oks.append(ok.reshape(-1).bool() if ok is not None else torch.ones(len(idx), dtype=torch.bool))
                     if ok is not None and not bool(ok.all()):
                         okb = ok.bool()
                         for j in (~okb).nonzero().flatten().tolist():
@@ -529,11 +541,19 @@ def run_cells(model: nn.Module, cells: Sequence[CellSpec], store: ResultsStore |
                         # NOTE: detach, so a gradient-based scorer does not keep its graphs alive until the chunk ends
                         parts.append({f: out[f].detach() if isinstance(out[f], torch.Tensor) else out[f]
                                       for f in scorer.fields})
+                        if per_sample:
+                            masks.append(out["correct_mask"].detach().reshape(-1))
                     hook.advance(len(idx) * world)
                 # one host sync and one all-reduce per chunk
                 head = torch.tensor([n_ok, n_bad, 1 if failed else 0], dtype=torch.float64, device=dev)
                 acc = _reduce_parts(parts, scorer.fields, dev)
-                total = D.all_reduce_sum(torch.cat([head, acc])).cpu().tolist()
+                codes = (_sample_codes(masks, oks, ch.size, rank, world, dev) if per_sample
+                         else head.new_zeros(0))
+                # NOTE: the per-sample codes ride in the same all-reduce (disjoint positions per rank, so a sum
+                # assembles the chunk in sample order); one collective and one host copy per chunk
+                total_t = D.all_reduce_sum(torch.cat([head, acc, codes])).cpu()
+                n_head = 3 + len(scorer.fields)
+                total = total_t[:n_head].tolist()
                 if total[2] > 0:
                     where = f" ({failed})" if failed else " on another rank"
                     raise UserError(f"unreadable image{where}; remove or repair it, or run without --strict to "
@@ -546,7 +566,11 @@ def run_cells(model: nn.Module, cells: Sequence[CellSpec], store: ResultsStore |
                 counts = ChunkCounts(n=n_all, correct=int(round(sums.get("correct", 0))), skipped=bad_all,
                                      extra={k: v for k, v in sums.items() if k != "correct"} or None)
                 if store is not None:
-                    store.add_chunk(cells[ch.cell].key, ch.chunk, counts)
+                    bits = skip = None
+                    if per_sample:
+                        code = total_t[n_head:].round().to(torch.int64).numpy()
+                        bits, skip = code == 1, code == 2
+                    store.add_chunk(cells[ch.cell].key, ch.chunk, counts, correct_bits=bits, skipped_mask=skip)
                 mt = mem_totals[ch.cell]
                 for k, v in (("n", counts.n), ("correct", counts.correct), ("skipped", counts.skipped),
                              *((counts.extra or {}).items())):
@@ -575,6 +599,24 @@ def _reduce_parts(parts: Sequence[Mapping[str, Any]], fields: Sequence[str], dev
         else:
             cols.append(torch.tensor(float(sum(float(v) for v in vals)), dtype=torch.float64, device=dev))
     return torch.stack(cols)
+
+
+def _sample_codes(masks: Sequence[torch.Tensor], oks: Sequence[torch.Tensor], size: int, rank: int, world: int,
+                  dev: torch.device) -> torch.Tensor:
+    """This rank's per-sample codes of one chunk, placed at its positions in the chunk (zeros elsewhere):
+    1 = correct, 0 = wrong, 2 = skipped. Positions follow `D.shard` (`index % world == rank`)."""
+    codes = torch.zeros(size, dtype=torch.float64, device=dev)
+    if not oks:
+        return codes
+    ok = torch.cat(list(oks))
+    local = torch.full((ok.numel(),), 2.0, dtype=torch.float64, device=dev)
+    if masks:
+        hits = torch.cat(list(masks)).to(dev, torch.float64)
+        if hits.numel() != int(ok.sum()):
+            raise RuntimeError(f"the scorer's correct_mask has {hits.numel()} entries for {int(ok.sum())} samples")
+        local[ok.to(dev)] = hits
+    codes[rank::world] = local
+    return codes
 
 
 def _finite(x: float) -> float | None:

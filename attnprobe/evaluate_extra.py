@@ -351,9 +351,9 @@ def pgd_scorer(mean: Sequence[float], std: Sequence[float], eps: float = PGD5["e
                   seed=[_sample_seed(seed, i) for i in index])
         with torch.no_grad():
             robust = model(normalize(adv, mean, std)).argmax(1) == labels
-        return {"correct": robust.sum(), "clean_correct": clean.sum()}
+        return {"correct": robust.sum(), "clean_correct": clean.sum(), "correct_mask": robust}
 
-    return Scorer(fn, ("correct", "clean_correct"), needs_grad=True)
+    return Scorer(fn, ("correct", "clean_correct"), needs_grad=True, per_sample=True)
 
 
 def pgd_condition(eps: float, step: float, steps: int, seed: int) -> str:

@@ -8,7 +8,9 @@ Three kinds of rows:
   (model, checkpoint sha256, task, dataset fingerprint, preprocessing, condition, severity). A cell is evaluated
   in fixed *chunks* of its sorted sample list; each finished chunk is committed in its own transaction with its
   counts. A killed run loses at most the chunk in flight, and a rerun skips committed chunks, so nothing is
-  counted twice. A cell is *done* once every chunk is in and `finish_cell` was called.
+  counted twice. A cell is *done* once every chunk is in and `finish_cell` was called. A chunk may also carry its
+  per-sample top-1 correctness (table `sample_bits`: `numpy.packbits` of the chunk's samples in order, plus a mask
+  of the skipped ones), written in the same transaction; reports use it for bootstraps paired over images.
 * **Diagnostics** (attention stability, overfocusing, head similarity): one value per
   (model, checkpoint, metric, dataset, condition, severity, image, layer, head); `head = -1` means
   "not per head" (e.g. head-averaged or head-pair metrics).
@@ -30,6 +32,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 SCHEMA_VERSION = 1
 STORE_FILENAME = "results.sqlite"
@@ -60,6 +64,11 @@ CREATE TABLE IF NOT EXISTS artifacts (
     model TEXT NOT NULL, checkpoint_sha256 TEXT NOT NULL, kind TEXT NOT NULL, dataset TEXT NOT NULL,
     condition TEXT NOT NULL, severity INTEGER NOT NULL, image TEXT NOT NULL, path TEXT NOT NULL, meta TEXT,
     PRIMARY KEY (model, checkpoint_sha256, kind, dataset, condition, severity, image));
+CREATE TABLE IF NOT EXISTS sample_bits (
+    model TEXT NOT NULL, checkpoint_sha256 TEXT NOT NULL, task TEXT NOT NULL, dataset TEXT NOT NULL,
+    preprocessing TEXT NOT NULL, condition TEXT NOT NULL, severity INTEGER NOT NULL, chunk INTEGER NOT NULL,
+    n INTEGER NOT NULL, bits BLOB NOT NULL, skipped_bits BLOB,
+    PRIMARY KEY (model, checkpoint_sha256, task, dataset, preprocessing, condition, severity, chunk));
 """
 
 
@@ -182,12 +191,68 @@ class ResultsStore:
         rows = self._db.execute(f"SELECT chunk FROM chunks WHERE {_CELL_WHERE}", key.as_tuple())
         return {int(r[0]) for r in rows}
 
-    def add_chunk(self, key: CellKey, chunk: int, counts: ChunkCounts) -> None:
-        """Commit the counts of one finished chunk. A chunk already stored raises (never counted twice)."""
+    def add_chunk(self, key: CellKey, chunk: int, counts: ChunkCounts, correct_bits: np.ndarray | None = None,
+                  skipped_mask: np.ndarray | None = None) -> None:
+        """Commit the counts of one finished chunk. A chunk already stored raises (never counted twice).
+
+        Args:
+            key, chunk, counts: the cell, the chunk index and its counts.
+            correct_bits: optional per-sample top-1 correctness of the chunk's samples in order (skipped samples
+                False); stored packed in the same transaction as the counts.
+            skipped_mask: optional per-sample flags of the skipped (unreadable) samples, same length.
+        """
+        bits_row = None
+        if correct_bits is not None:
+            cb = np.asarray(correct_bits, dtype=bool).ravel()
+            if cb.size != counts.n + counts.skipped:
+                raise ValueError(f"correct_bits has {cb.size} samples, the chunk {counts.n + counts.skipped}")
+            sk = None
+            if skipped_mask is not None:
+                sm = np.asarray(skipped_mask, dtype=bool).ravel()
+                if sm.size != cb.size:
+                    raise ValueError(f"skipped_mask has {sm.size} samples, correct_bits {cb.size}")
+                cb = cb & ~sm
+                sk = np.packbits(sm).tobytes() if sm.any() else None
+            bits_row = (*key.as_tuple(), int(chunk), int(cb.size), np.packbits(cb).tobytes(), sk)
         with self.transaction() as db:
             db.execute(f"INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (*key.as_tuple(), int(chunk), int(counts.n), int(counts.correct), int(counts.skipped),
                         json.dumps(counts.extra) if counts.extra else None, time.time()))
+            if bits_row is not None:
+                db.execute("INSERT INTO sample_bits VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", bits_row)
+
+    def _sample_rows(self, key: CellKey) -> list[tuple[int, int, bytes, bytes | None]] | None:
+        """(n, chunk samples, bits, skipped bits) per chunk in order, or None when any chunk lacks bits."""
+        try:
+            rows = list(self._db.execute(
+                f"SELECT k.chunk, b.n, b.bits, b.skipped_bits FROM chunks k LEFT JOIN sample_bits b"
+                f" USING ({_CELL_COLS}, chunk) WHERE {' AND '.join('k.' + w for w in _CELL_WHERE.split(' AND '))}"
+                f" ORDER BY k.chunk", key.as_tuple()))
+        except sqlite3.OperationalError:  # a read-only store written before sample_bits existed
+            return None
+        if not rows or any(r[1] is None for r in rows):
+            return None
+        return [(int(r[0]), int(r[1]), bytes(r[2]), bytes(r[3]) if r[3] is not None else None) for r in rows]
+
+    def sample_correctness(self, key: CellKey) -> np.ndarray | None:
+        """Per-sample top-1 correctness of a cell's committed chunks, concatenated in chunk order (bool array).
+
+        Skipped samples read False (see `sample_skipped`). None when any chunk has no per-sample record (stores
+        written before they existed, or scorers without per-sample output) or the cell has no chunk.
+        """
+        rows = self._sample_rows(key)
+        if rows is None:
+            return None
+        return np.concatenate([np.unpackbits(np.frombuffer(b, dtype=np.uint8), count=n).astype(bool)
+                               for _, n, b, _ in rows])
+
+    def sample_skipped(self, key: CellKey) -> np.ndarray | None:
+        """Per-sample skipped (unreadable) flags, aligned with `sample_correctness`; None as there."""
+        rows = self._sample_rows(key)
+        if rows is None:
+            return None
+        return np.concatenate([np.unpackbits(np.frombuffer(s, dtype=np.uint8), count=n).astype(bool)
+                               if s is not None else np.zeros(n, dtype=bool) for _, n, _, s in rows])
 
     def finish_cell(self, key: CellKey, n_chunks: int, info: dict[str, Any] | None = None) -> None:
         """Mark a cell complete once all of its `n_chunks` chunks are committed."""
@@ -217,6 +282,7 @@ class ResultsStore:
         """Delete a cell and its chunks (only for an explicit `--fresh`)."""
         with self.transaction() as db:
             db.execute(f"DELETE FROM chunks WHERE {_CELL_WHERE}", key.as_tuple())
+            db.execute(f"DELETE FROM sample_bits WHERE {_CELL_WHERE}", key.as_tuple())
             db.execute(f"DELETE FROM cells WHERE {_CELL_WHERE}", key.as_tuple())
 
     def cells(self, **filters: Any) -> list[dict[str, Any]]:

@@ -101,6 +101,16 @@ def test_two_gloo_processes_equal_single_process(tmp_path: Path) -> None:
                            "GROUP BY condition ORDER BY condition")
         assert [(r["n"], r["c"], r["k"]) for r in rows] == [(e[0], e[1], e[3]) for e in expected]
     assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.suffix == ".sqlite") == ["results.sqlite"]
+    # per-sample correctness: the ranks' shares are reassembled in sample order, identical to one process
+    with ResultsStore(tmp_path / "single") as store:
+        run_cells(tiny_model(), cells(), store, batch_size=3, workers=0, chunk_size=7)
+        want = [(store.sample_correctness(c.key), store.sample_skipped(c.key)) for c in cells()]
+    with ResultsStore(tmp_path / "out", readonly=True) as store:
+        have = [(store.sample_correctness(c.key), store.sample_skipped(c.key)) for c in cells()]
+    for (wb, ws), (hb, hs), e in zip(want, have, expected):
+        assert wb is not None and hb is not None and wb.tolist() == hb.tolist() and ws.tolist() == hs.tolist()
+        assert int(wb.sum()) == e[1] and int(ws.sum()) == e[2]
+    assert have[1][1].tolist() == [i == 4 for i in range(11)]
 
 
 @pytest.mark.slow

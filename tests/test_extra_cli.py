@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from attnprobe import protocol
 from attnprobe.cli import app
-from attnprobe.store import ResultsStore
+from attnprobe.store import CellKey, ResultsStore
 from tests.imagenet_c_fixtures import make_class_tree, make_models_dir, save_tiny_checkpoint
 from tests.test_imagenet_p import make_p_tree
 
@@ -123,5 +123,9 @@ def test_pgd_cli(zoo: Path) -> None:
     with ResultsStore(zoo / "out", readonly=True) as store:
         [cell] = store.cells(task="pgd")
         assert cell["condition"] == "pgd5"
+        key = CellKey(*(cell[c] for c in ("model", "checkpoint_sha256", "task", "dataset", "preprocessing",
+                                          "condition", "severity")))
+        bits = store.sample_correctness(key)  # per-image robust correctness, for paired intervals in the report
+        assert bits is not None and len(bits) == 4 and int(bits.sum()) == cell["correct"]
     missing = _run("pgd", "-m", "tiny_vit", "--data", str(zoo / "nope"), "--out", str(zoo / "out"))
     assert missing.exit_code == 2 and "does not exist" in missing.output

@@ -71,3 +71,90 @@ def test_diagnostics_and_artifacts(tmp_path: Path) -> None:
         assert art["path"] == "maps/a.npz" and Path(art["abspath"]).is_file() and art["meta"] == {"layers": 2}
         store.register_model("fan_b", "abc", "/x.pth", {"paper": {"mce": 46.1}})
         assert store.model_card("fan_b", "abc")["paper"]["mce"] == 46.1
+
+
+# -- per-sample correctness (paired bootstraps over images) -----------------------------------------------------------
+def _bits_key(cond: str = "clean") -> CellKey:
+    return CellKey("m", "sha", "clean", "ds", "pre", cond, 0)
+
+
+def test_sample_bits_round_trip_in_chunk_order(tmp_path: Path) -> None:
+    import numpy as np
+
+    key = _bits_key()
+    a = np.array([1, 0, 1, 1, 0, 0, 1, 0, 1], dtype=bool)  # 9 samples: not a multiple of 8
+    b = np.array([0, 1, 1], dtype=bool)
+    skip_b = np.array([False, False, True])
+    with ResultsStore(tmp_path) as s:
+        s.add_chunk(key, 1, ChunkCounts(n=2, correct=1, skipped=1), correct_bits=b, skipped_mask=skip_b)
+        s.add_chunk(key, 0, ChunkCounts(n=9, correct=5), correct_bits=a)
+        got = s.sample_correctness(key)
+        assert got is not None and got.dtype == bool
+        assert got.tolist() == a.tolist() + [False, True, False]  # a skipped sample reads as not correct
+        assert s.sample_skipped(key).tolist() == [False] * 9 + [False, False, True]
+        assert s.sample_correctness(_bits_key("other")) is None
+    with ResultsStore(tmp_path, readonly=True) as s:
+        assert s.sample_correctness(key).sum() == 6
+
+
+def test_sample_bits_missing_on_any_chunk_gives_none(tmp_path: Path) -> None:
+    import numpy as np
+
+    key = _bits_key()
+    with ResultsStore(tmp_path) as s:
+        s.add_chunk(key, 0, ChunkCounts(n=3, correct=1), correct_bits=np.array([0, 1, 0], dtype=bool))
+        s.add_chunk(key, 1, ChunkCounts(n=3, correct=1))  # e.g. a scorer without per-sample output
+        assert s.sample_correctness(key) is None and s.sample_skipped(key) is None
+
+
+def test_sample_bits_are_atomic_with_the_chunk_and_cleared(tmp_path: Path) -> None:
+    import numpy as np
+
+    key = _bits_key()
+    with ResultsStore(tmp_path) as s:
+        with pytest.raises(ValueError):  # wrong length: neither the counts nor the bits are written
+            s.add_chunk(key, 0, ChunkCounts(n=4, correct=1), correct_bits=np.zeros(3, dtype=bool))
+        assert s.done_chunks(key) == set()
+        s.add_chunk(key, 0, ChunkCounts(n=2, correct=1), correct_bits=np.array([True, False]))
+        with pytest.raises(sqlite3.IntegrityError):  # a duplicate chunk rolls back as a whole
+            s.add_chunk(key, 0, ChunkCounts(n=2, correct=2), correct_bits=np.array([True, True]))
+        assert s.sample_correctness(key).tolist() == [True, False]
+        s.clear_cell(key)
+        assert s.query("SELECT COUNT(*) FROM sample_bits")[0][0] == 0 and s.sample_correctness(key) is None
+
+
+def test_store_without_sample_bits_table_reads_none(tmp_path: Path) -> None:
+    """A store written before per-sample records existed (no `sample_bits` table), opened read-only."""
+    key = _bits_key()
+    with ResultsStore(tmp_path) as s:
+        s.add_chunk(key, 0, ChunkCounts(n=2, correct=1))
+        s.finish_cell(key, 1)
+        s.query("DROP TABLE sample_bits")
+    with ResultsStore(tmp_path, readonly=True) as s:
+        assert s.sample_correctness(key) is None and s.cell_totals(key).correct == 1
+
+
+def test_run_cells_stores_per_sample_correctness(tmp_path: Path) -> None:
+    import torch
+    from torch import nn
+
+    from attnprobe.evaluate import CellSpec, run_cells
+
+    class Items(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return 10
+
+        def __getitem__(self, i: int) -> tuple[torch.Tensor, int, bool]:
+            return torch.eye(4)[i % 4], i % 3, i != 6  # sample 6 unreadable
+
+    model = nn.Linear(4, 3, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.eye(3, 4))  # predicts i % 4 for i % 4 < 3, class 0 for i % 4 == 3
+    key = CellKey("lin", "sha", "clean", "items", "none", "clean", 0)
+    with ResultsStore(tmp_path) as s:
+        [r] = run_cells(model, [CellSpec(key, Items())], s, batch_size=3, workers=0, chunk_size=4)
+        bits, skipped = s.sample_correctness(key), s.sample_skipped(key)
+    pred = [(i % 4) if i % 4 < 3 else 0 for i in range(10)]
+    want = [pred[i] == i % 3 and i != 6 for i in range(10)]
+    assert bits.tolist() == want and skipped.tolist() == [i == 6 for i in range(10)]
+    assert r.correct == sum(want) and r.skipped == 1

@@ -4,7 +4,10 @@ Per-image diagnostics (attention stability, head similarity) are stored per imag
 every bootstrap replicate draws image ids with replacement and uses the same ids for every model, so differences
 between models are paired (the image-to-image variation that both models share cancels).
 
-Counting benchmarks (accuracy, CE, mCE) are stored as counts per chunk of 1000 samples, not per image. For them:
+Counting benchmarks (accuracy, CE, mCE) are stored as counts per chunk of 1000 samples and, when the scorer gives
+them (top-1 scorers do), as per-sample correctness bits. With the bits, `image_bootstrap` resamples image indices
+once per replicate and applies them to every cell of every model, so accuracy and mCE differences are paired over
+images. Without them:
 
 * `wilson_interval` for one accuracy or error (binomial, exact enough for any n);
 * `chunk_bootstrap` resamples chunk indices jointly over cells and models when there are enough chunks
@@ -12,8 +15,6 @@ Counting benchmarks (accuracy, CE, mCE) are stored as counts per chunk of 1000 s
   cluster bootstrap over blocks of images;
 * otherwise `normal_interval` / the delta method on binomial variances, treating the models as independent,
   which is conservative for a difference (two models are positively correlated on the same images).
-
-Per-image correctness records would allow a fully paired bootstrap for accuracy and mCE differences too.
 
 All functions are seeded and deterministic; intervals are 95% percentile intervals by default.
 """
@@ -33,6 +34,7 @@ __all__ = [
     "MIN_CHUNKS",
     "bootstrap_mean",
     "chunk_bootstrap",
+    "image_bootstrap",
     "normal_interval",
     "paired_bootstrap_difference",
     "paired_bootstrap_means",
@@ -218,3 +220,52 @@ def chunk_bootstrap(correct: np.ndarray, n: np.ndarray, statistic: Callable[[np.
         stats = statistic(1.0 - c_b / n_b)
     lo, hi = _percentile(np.asarray(stats, dtype=np.float64), level)
     return Interval(float(est), lo, hi, level, f"paired bootstrap over {k} chunks", int(n.sum() / max(n.shape[0], 1)))
+
+
+def image_bootstrap(correct: Sequence[np.ndarray], valid: Sequence[np.ndarray],
+                    statistic: Callable[[np.ndarray], np.ndarray], n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
+                    level: float = 0.95, paired: bool = True) -> Interval:
+    """Bootstrap over images of a statistic of per-cell errors, from per-sample correctness.
+
+    Each replicate draws image indices with replacement once and applies the same indices to every column of the
+    same length (sample *i* must be the same image in every such column: the same dataset, cells of one sorted
+    image list), so models are paired image by image and cells of one replicate share its images.
+
+    Args:
+        correct: m columns (cells of one or more models), each a bool vector of per-sample top-1 correctness.
+        valid: m matching bool vectors, False for skipped (unreadable) samples, which count in no error.
+        statistic: maps errors (..., m) to the statistic (...), vectorised over a leading replicate axis.
+        paired: only names the method ('paired bootstrap ...' for differences between models).
+
+    Returns:
+        The statistic on all images with a percentile interval; `n` is the number of images of the longest column.
+    """
+    cols = [np.asarray(c, dtype=bool).ravel() for c in correct]
+    vals = [np.asarray(v, dtype=bool).ravel() for v in valid]
+    if not cols or len(cols) != len(vals) or any(c.size != v.size for c, v in zip(cols, vals)):
+        raise ValueError("correct and valid must be matching non-empty lists of equally long vectors")
+
+    def errors(c: np.ndarray, v: np.ndarray) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return 1.0 - c / v
+
+    est = statistic(np.array([errors(c[v].sum(), v.sum()) for c, v in zip(cols, vals)]))
+    rng = _rng(seed)
+    err_b = np.empty((n_resamples, len(cols)))
+    by_len: dict[int, list[int]] = {}
+    for j, c in enumerate(cols):
+        by_len.setdefault(c.size, []).append(j)
+    for n, js in sorted(by_len.items()):
+        hits = np.stack([cols[j] & vals[j] for j in js], axis=1).astype(np.float64)  # (n, columns)
+        ok = np.stack([vals[j] for j in js], axis=1).astype(np.float64)
+        block = max(1, int(4e6 // max(n, 1)))
+        for start in range(0, n_resamples, block):
+            b = min(block, n_resamples - start)
+            idx = rng.integers(0, n, size=(b, n))
+            # how often each image is drawn in each replicate; a matrix product then sums the columns
+            w = np.bincount((idx + np.arange(b)[:, None] * n).ravel(), minlength=b * n).reshape(b, n)
+            w = w.astype(np.float64)
+            err_b[start:start + b, js] = errors(w @ hits, w @ ok)
+    lo, hi = _percentile(np.asarray(statistic(err_b), dtype=np.float64), level)
+    n_img = max(by_len)
+    return Interval(float(est), lo, hi, level, f"{'paired ' if paired else ''}bootstrap over {n_img} images", n_img)

@@ -7,6 +7,7 @@ pair; its display key is the model name, or `name@sha[:8]` when one store holds 
 from __future__ import annotations
 
 import math
+import sqlite3
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,14 +126,24 @@ def cells_frame(store: ResultsStore, task: str | None = None) -> pd.DataFrame:
 
 def chunks_frame(store: ResultsStore, task: str | None = None) -> pd.DataFrame:
     """Per-chunk counts of finished cells (for chunk bootstraps): key, task, dataset, condition, severity, chunk,
-    n, correct."""
+    n, correct, and the chunk's per-sample record when the store has one (for bootstraps over images):
+    bits_n (samples in the chunk), bits (`numpy.packbits` of per-sample correctness), skipped_bits (packed skipped
+    flags or None); all three None for chunks without a record (stores written before they existed)."""
     where = "WHERE k.task = ?" if task else ""
-    rows = store.query(
-        "SELECT k.model, k.checkpoint_sha256, k.task, k.dataset, k.condition, k.severity, k.chunk, k.n, k.correct"
-        " FROM chunks k JOIN cells c USING (model, checkpoint_sha256, task, dataset, preprocessing, condition,"
-        f" severity) {where} ORDER BY k.model, k.task, k.condition, k.severity, k.chunk", (task,) if task else ())
+    using = "model, checkpoint_sha256, task, dataset, preprocessing, condition, severity"
+    base = ("SELECT k.model, k.checkpoint_sha256, k.task, k.dataset, k.condition, k.severity, k.chunk, k.n,"
+            " k.correct{bits} FROM chunks k JOIN cells c USING ({using}){join}"
+            f" {where} ORDER BY k.model, k.task, k.condition, k.severity, k.chunk")
+    params = (task,) if task else ()
+    try:
+        rows = store.query(base.format(bits=", b.n AS bits_n, b.bits, b.skipped_bits", using=using,
+                                       join=f" LEFT JOIN sample_bits b USING ({using}, chunk)"), params)
+    except sqlite3.OperationalError:  # an older read-only store without the sample_bits table
+        rows = store.query(base.format(bits=", NULL AS bits_n, NULL AS bits, NULL AS skipped_bits", using=using,
+                                       join=""), params)
     df = pd.DataFrame([dict(r) for r in rows], columns=["model", "checkpoint_sha256", "task", "dataset", "condition",
-                                                         "severity", "chunk", "n", "correct"])
+                                                         "severity", "chunk", "n", "correct", "bits_n", "bits",
+                                                         "skipped_bits"])
     return _with_keys(df, _shas_per_model(store))
 
 

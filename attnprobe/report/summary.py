@@ -24,6 +24,7 @@ __all__ = [
     "DiagnosticSummary",
     "ce_reference_errors",
     "chunk_index",
+    "sample_index",
     "choose_condition",
     "counting_summary",
     "diagnostic_summary",
@@ -201,9 +202,10 @@ def counting_summary(cells: pd.DataFrame, chunks: pd.DataFrame | None = None, ce
     differences: dict[str, dict[str, B.Interval]] = {}
     used_methods: set[str] = set()
     chunk_idx = chunk_index(chunks)
+    sample_idx = sample_index(chunks)
     for key in keys:
         if (key, "mce") in linear:
-            iv = _linear_interval([key], linear, "mce", cell_err, chunk_idx, n_resamples, seed)
+            iv = _linear_interval([key], linear, "mce", cell_err, chunk_idx, n_resamples, seed, sample_idx)
             if iv is not None:
                 intervals[(key, "mce")] = iv
                 used_methods.add(iv.method)
@@ -214,7 +216,8 @@ def counting_summary(cells: pd.DataFrame, chunks: pd.DataFrame | None = None, ce
                 if col == "mce" and bool(table.loc[key].get("mce_partial")) != bool(
                         table.loc[baseline].get("mce_partial")):
                     continue
-                iv = _linear_interval([key, baseline], linear, col, cell_err, chunk_idx, n_resamples, seed)
+                iv = _linear_interval([key, baseline], linear, col, cell_err, chunk_idx, n_resamples, seed,
+                                      sample_idx)
                 if iv is not None:
                     differences.setdefault(key, {})[col] = iv
                     used_methods.add(iv.method)
@@ -234,11 +237,13 @@ def counting_summary(cells: pd.DataFrame, chunks: pd.DataFrame | None = None, ce
 def _linear_interval(runs: Sequence[str], linear: Mapping[tuple[str, str], tuple[float, dict[tuple, float]]],
                      col: str, cell_err: Mapping[tuple, tuple[float, int]],
                      chunks: Mapping[tuple, tuple[np.ndarray, np.ndarray]],
-                     n_resamples: int, seed: int) -> B.Interval | None:
+                     n_resamples: int, seed: int,
+                     samples: Mapping[tuple, tuple[np.ndarray, np.ndarray]] | None = None) -> B.Interval | None:
     """Interval of a linear statistic of cell errors for one run, or of the difference runs[0] - runs[1].
 
-    A paired chunk bootstrap when every cell of both runs has the same >= MIN_CHUNKS chunks; otherwise the
-    normal approximation with binomial variances, cells and runs treated as independent.
+    A (paired) bootstrap over images when every cell of both runs has per-sample correctness with the same sample
+    count; else a paired chunk bootstrap when every cell of both runs has the same >= MIN_CHUNKS chunks; otherwise
+    the normal approximation with binomial variances, cells and runs treated as independent.
     """
     terms = [linear[(r, col)] for r in runs]
     signs = [1.0, -1.0][: len(runs)]
@@ -246,6 +251,8 @@ def _linear_interval(runs: Sequence[str], linear: Mapping[tuple[str, str], tuple
     if len(runs) == 2 and set(cells_per_run[0]) != set(cells_per_run[1]):
         # different datasets or conditions: no pairing possible
         pass
+    elif samples and (iv := _sample_interval(runs, terms, samples, n_resamples, seed)) is not None:
+        return iv
     elif chunks:
         iv = _chunk_interval(runs, terms, signs, chunks, n_resamples, seed)
         if iv is not None:
@@ -270,6 +277,58 @@ def chunk_index(chunks: pd.DataFrame | None) -> dict[tuple, tuple[np.ndarray, np
     for gk, g in chunks.sort_values("chunk").groupby(cols, sort=False):
         out[(gk[0], gk[1], gk[2], gk[3], int(gk[4]))] = (g["correct"].to_numpy(), g["n"].to_numpy())
     return out
+
+
+def sample_index(chunks: pd.DataFrame | None) -> dict[tuple, tuple[np.ndarray, np.ndarray]]:
+    """`{(key, task, dataset, condition, severity): (per-sample correct, per-sample valid)}` for the cells whose
+    every chunk has a per-sample record (bool vectors in chunk order; valid = not skipped)."""
+    if chunks is None or chunks.empty or "bits" not in chunks.columns:
+        return {}
+    out = {}
+    cols = ["key", "task", "dataset", "condition", "severity"]
+    for gk, g in chunks.sort_values("chunk").groupby(cols, sort=False):
+        if g["bits"].isna().any() or g["bits_n"].isna().any():
+            continue
+        hit, ok = [], []
+        for n, bits, skipped in zip(g["bits_n"].astype(int), g["bits"], g["skipped_bits"]):
+            hit.append(np.unpackbits(np.frombuffer(bits, dtype=np.uint8), count=n).astype(bool))
+            ok.append(np.ones(n, dtype=bool) if skipped is None or (isinstance(skipped, float) and math.isnan(skipped))
+                      else ~np.unpackbits(np.frombuffer(skipped, dtype=np.uint8), count=n).astype(bool))
+        out[(gk[0], gk[1], gk[2], gk[3], int(gk[4]))] = (np.concatenate(hit), np.concatenate(ok))
+    return out
+
+
+def _sample_interval(runs: Sequence[str], terms: Sequence[tuple[float, dict[tuple, float]]],
+                     samples: Mapping[tuple, tuple[np.ndarray, np.ndarray]], n_resamples: int,
+                     seed: int) -> B.Interval | None:
+    """Bootstrap over images from per-sample correctness: the same image indices for every cell of both runs.
+
+    None (fall back) when a cell lacks per-sample records or the two runs' records of a cell differ in length (then
+    sample *i* may not be the same image in both)."""
+    cells = list(terms[0][1])
+    correct, valid, weights = [], [], []
+    for run, (_, w) in zip(runs, terms):
+        for task, ds, cond, sev in cells:
+            got = samples.get((run, task, ds, cond, int(sev)))
+            if got is None:
+                return None
+            correct.append(got[0])
+            valid.append(got[1])
+            weights.append(w[(task, ds, cond, sev)])
+    m = len(cells)
+    if any(correct[j].size != correct[j + m].size for j in range(m) if len(runs) == 2):
+        return None
+    consts = [t[0] for t in terms]
+    wv = np.asarray(weights, dtype=np.float64).reshape(len(runs), m)
+
+    def stat(err: np.ndarray) -> np.ndarray:
+        # NOTE: each run's value is summed on its own, then subtracted: identical runs give exactly 0
+        e = err.reshape(*err.shape[:-1], len(runs), m)
+        per_run = (e * wv).sum(axis=-1)
+        out = consts[0] + per_run[..., 0]
+        return out - (consts[1] + per_run[..., 1]) if len(runs) == 2 else out
+
+    return B.image_bootstrap(correct, valid, stat, n_resamples=n_resamples, seed=seed, paired=len(runs) == 2)
 
 
 def _chunk_interval(runs: Sequence[str], terms: Sequence[tuple[float, dict[tuple, float]]], signs: Sequence[float],
