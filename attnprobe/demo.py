@@ -434,9 +434,9 @@ def _verdicts(summary: dict[str, Any]) -> list[str]:
                    f"{_change(r.get('stability_gaussian_noise_s3_delta'), 1, '', False, 3)}; row similarity "
                    f"(overfocusing, lower is better) {_change(r.get('row_similarity_delta'), 1, '', True, 3)}.")
     n = summary["images"]
-    out.append(f"Brackets: 95% intervals of the change against the baseline (accuracy and mCE: counts of "
-               f"{n['clean']} clean images and {n['benchmark_per_cell']} images per corruption x severity cell; "
-               f"attention: paired bootstrap over {n['diagnostics']} images). 'Within noise': the interval "
+    out.append(f"Brackets: 95% intervals of the change against the baseline, from bootstraps paired over images "
+               f"(accuracy: the {n['clean']} clean images; mCE: the {n['benchmark_per_cell']} images shared by every "
+               f"corruption x severity cell; attention: {n['diagnostics']} images). 'Within noise': the interval "
                f"contains zero.")
     return out
 
