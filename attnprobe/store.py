@@ -215,7 +215,7 @@ class ResultsStore:
                 sk = np.packbits(sm).tobytes() if sm.any() else None
             bits_row = (*key.as_tuple(), int(chunk), int(cb.size), np.packbits(cb).tobytes(), sk)
         with self.transaction() as db:
-            db.execute(f"INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            db.execute("INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (*key.as_tuple(), int(chunk), int(counts.n), int(counts.correct), int(counts.skipped),
                         json.dumps(counts.extra) if counts.extra else None, time.time()))
             if bits_row is not None:

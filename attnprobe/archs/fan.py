@@ -21,7 +21,6 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from attnprobe.archs.attention import ClassAttention, FanTokenAttention

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import sys
 from pathlib import Path
 from collections.abc import Callable
@@ -58,6 +59,16 @@ def command(*args: Any, **kwargs: Any) -> Callable[[F], F]:
         return fn
 
     return decorate
+
+
+def warn(message: str) -> None:
+    """One yellow warning line on stderr (never on stdout, which `--json` keeps clean)."""
+    err_console.print(f"[yellow]warning:[/] {message}", soft_wrap=True)
+
+
+def pct(x: float | None, digits: int = 2) -> str:
+    """A fraction as a percentage string; "-" for a missing value or NaN."""
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.{digits}f}"
 
 
 def print_json(payload: Any) -> None:

@@ -51,3 +51,31 @@ def load_cli_model(name: str, ckpt: str | None, device: Any = "cpu",
         loaded = load_model(name, pretrained=None)
     loaded.model.to(device).eval()
     return loaded
+
+
+def load_on_rank(name: str, ckpt: str | None, device: Any, quiet: bool = False) -> Any:
+    """`load_cli_model` for commands that may run under torchrun: only rank 0 prints the random-weights warning."""
+    from attnprobe import distributed as D
+    from attnprobe.cli._common import warn
+
+    return load_cli_model(name, ckpt, device, warn=warn if D.is_main() and not quiet else None)
+
+
+def progress_hook(quiet: bool, json_out: bool) -> Any:
+    """A context manager yielding the evaluation progress hook: rich bars on rank 0 of an interactive terminal,
+    otherwise a hook that only prints warnings (stderr), unless `quiet`."""
+    from contextlib import nullcontext
+
+    from attnprobe import distributed as D
+    from attnprobe.cli._common import err_console, show_progress, warn
+    from attnprobe.evaluate import ProgressHook, RichProgress
+
+    if D.is_main() and show_progress(quiet, json_out):
+        return RichProgress(console=err_console, warn=warn)
+
+    class WarnOnly(ProgressHook):
+        def warn(self, message: str) -> None:
+            if not quiet:
+                warn(message)
+
+    return nullcontext(WarnOnly())

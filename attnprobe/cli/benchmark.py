@@ -8,65 +8,22 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
 from attnprobe.cli import _options as O
-from attnprobe.cli._common import command, console, err_console, print_json, show_progress
-from attnprobe.errors import UserError
+from attnprobe.cli._common import command, console, pct, print_json
+from attnprobe.cli._loading import load_on_rank, pair_models, progress_hook
 
 BUNDLED = "bundled"  # same as attnprobe.data.imagenet_c.BUNDLED, repeated here to keep `--help` free of torch
 
 _BATCH = typer.Option(128, "--batch-size", "-b", min=1, help="Images per batch on each process.")
 
 
-def _pct(x: float | None, digits: int = 2) -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.{digits}f}"
-
-
-def _pair_models(models: list[str], ckpts: Optional[list[Path]]) -> list[tuple[str, Optional[str]]]:
-    from attnprobe.cli._loading import pair_models
-
-    return pair_models(models, ckpts)
-
-
-def _load(name: str, ckpt: Optional[str], device: Any, quiet: bool) -> Any:
-    from attnprobe import distributed as D
-    from attnprobe.cli._loading import load_cli_model
-
-    return load_cli_model(name, ckpt, device, warn=_warn if D.is_main() and not quiet else None)
-
-
-def _warn(message: str) -> None:
-    err_console.print(f"[yellow]warning:[/] {message}", soft_wrap=True)
-
-
-def _warn_only(quiet: bool) -> Any:
-    """A progress hook that draws nothing and prints only warnings (stderr), unless quiet."""
-    from attnprobe.evaluate import ProgressHook
-
-    class WarnOnly(ProgressHook):
-        def warn(self, message: str) -> None:
-            if not quiet:
-                _warn(message)
-
-    return WarnOnly()
-
-
 def _run_with_progress(fn: Any, quiet: bool, json_out: bool, **kw: Any) -> Any:
-    from contextlib import nullcontext
-
-    from attnprobe import distributed as D
-    from attnprobe.evaluate import RichProgress
-
-    if D.is_main() and show_progress(quiet, json_out):
-        ctx: Any = RichProgress(console=err_console, warn=_warn)
-    else:
-        ctx = nullcontext(_warn_only(quiet))
-    with ctx as progress:
+    with progress_hook(quiet, json_out) as progress:
         return fn(progress=progress, **kw)
 
 
@@ -91,28 +48,28 @@ def _print_mce(d: dict[str, Any]) -> None:
         errs = [cells[s]["top1_error"] for s in sevs if s in cells and cells[s]["top1_error"] is not None]
         mean = sum(errs) / len(errs) if errs else None
         n = sum(cells[s]["n"] for s in cells)
-        table.add_row(DISPLAY_NAMES.get(name, name), *[_pct(cells[s]["top1_error"]) if s in cells else "-"
+        table.add_row(DISPLAY_NAMES.get(name, name), *[pct(cells[s]["top1_error"]) if s in cells else "-"
                                                        for s in sevs],
-                      _pct(mean), _pct(d["ce"].get(name)), str(n))
+                      pct(mean), pct(d["ce"].get(name)), str(n))
     console.print(table)
     skipped = sum(c["skipped"] for c in d["cells"])
     if skipped:
         console.print(f"[yellow]{skipped} unreadable image(s) skipped and left out of the counts[/]")
     if d["complete"]:
-        console.print(f"[bold]mCE {_pct(d['mce'], 1)}[/] (AlexNet-normalised, 15 corruptions x 5 severities, "
+        console.print(f"[bold]mCE {pct(d['mce'], 1)}[/] (AlexNet-normalised, 15 corruptions x 5 severities, "
                       f"lower is better)")
         if d.get("relative_mce") is not None:
-            console.print(f"relative mCE {_pct(d['relative_mce'], 1)}  (clean error {_pct(d['clean_error'])})")
-        console.print(f"mean corrupted accuracy {_pct(d['mean_corrupted_accuracy'])}% "
+            console.print(f"relative mCE {pct(d['relative_mce'], 1)}  (clean error {pct(d['clean_error'])})")
+        console.print(f"mean corrupted accuracy {pct(d['mean_corrupted_accuracy'])}% "
                       f"(an accuracy, not the mCE; FAN's IN-C column)")
         if d.get("retention") is not None:
-            console.print(f"retention {_pct(d['retention'], 1)}% (corrupted / clean accuracy, FAN's metric)")
+            console.print(f"retention {pct(d['retention'], 1)}% (corrupted / clean accuracy, FAN's metric)")
     else:
         sevs_txt = ", ".join(str(s) for s in sevs)
         console.print(f"[yellow]partial table ({len(by)} corruption(s), severities {sevs_txt}): no mCE, which needs "
                       f"all 15 benchmark corruptions x 5 severities[/]")
         if d.get("clean_error") is not None:
-            console.print(f"clean error {_pct(d['clean_error'])}%")
+            console.print(f"clean error {pct(d['clean_error'])}%")
     for note in d.get("notes", []):
         console.print(f"note: {note}")
     if d.get("out"):
@@ -150,7 +107,7 @@ def mce_cli(
     from attnprobe.evaluate import check_imagenet_c_inputs, evaluate_imagenet_c
     from attnprobe.store import ResultsStore
 
-    pairs = _pair_models(model, ckpt)
+    pairs = pair_models(model, ckpt)
     notes: list[str] = []
     if clean is not None and str(clean) == BUNDLED and not clean.exists():
         from attnprobe.data.imagenet_c import bundled_clean_folder
@@ -164,7 +121,7 @@ def mce_cli(
     payloads = []
     try:
         for name, path in pairs:
-            loaded = _load(name, path, ctx.device, quiet)
+            loaded = load_on_rank(name, path, ctx.device, quiet)
             report = _run_with_progress(
                 evaluate_imagenet_c, quiet, json_out, loaded=loaded, store=store, data=data, clean=clean,
                 on_the_fly=on_the_fly, corruptions=corruption, severities=severity, limit=limit,
@@ -208,14 +165,14 @@ def clean_cli(
     from attnprobe.evaluate import evaluate_clean
     from attnprobe.store import ResultsStore
 
-    pairs = _pair_models(model, ckpt)
+    pairs = pair_models(model, ckpt)
     samples = scan_class_folders(data, what="validation folder")  # reject a bad folder before loading a model
     ctx = D.init_from_env(device=device)
     store = ResultsStore(out) if ctx.is_main else None
     payloads = []
     try:
         for name, path in pairs:
-            loaded = _load(name, path, ctx.device, quiet)
+            loaded = load_on_rank(name, path, ctx.device, quiet)
             res = _run_with_progress(evaluate_clean, quiet, json_out, loaded=loaded, val_dir=data, store=store,
                                      limit=limit, samples=samples, batch_size=batch_size, workers=workers,
                                      device=ctx.device, fresh=fresh, strict=strict)
@@ -237,8 +194,8 @@ def clean_cli(
         return
     for p in payloads:
         skipped = f", skipped {p['skipped']}" if p["skipped"] else ""
-        console.print(f"[bold]{p['model']}[/]  top-1 accuracy {_pct(p['top1_accuracy'])}%  "
-                      f"(error {_pct(p['top1_error'])}%, n={p['n']}{skipped})")
+        console.print(f"[bold]{p['model']}[/]  top-1 accuracy {pct(p['top1_accuracy'])}%  "
+                      f"(error {pct(p['top1_error'])}%, n={p['n']}{skipped})")
     if limit is not None:
         console.print(f"note: --limit {limit}: a subset, not comparable with full-validation numbers")
     console.print(f"results store: {Path(payloads[0]['out']) / 'results.sqlite'}")

@@ -14,59 +14,22 @@ resumes where the last run stopped.
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import typer
 
 from attnprobe.cli import _options as O
-from attnprobe.cli._common import command, console, err_console, print_json, show_progress
+from attnprobe.cli._common import command, console, err_console, pct, print_json
+from attnprobe.cli._loading import load_on_rank, pair_models, progress_hook
 from attnprobe.errors import UserError
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------------------------
-def _pct(x: float | None, digits: int = 2) -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.{digits}f}"
-
-
 def _num(x: float | None, digits: int = 3) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
-
-
-def _pair_models(models: Optional[list[str]], ckpts: Optional[list[Path]]) -> list[tuple[str, Optional[str]]]:
-    from attnprobe.cli._loading import pair_models
-
-    return pair_models(models, ckpts)
-
-
-def _load(name: str, ckpt: Optional[str], device: Any) -> Any:
-    from attnprobe import distributed as D
-    from attnprobe.cli._loading import load_cli_model
-
-    return load_cli_model(name, ckpt, device, warn=_warn if D.is_main() else None)
-
-
-def _warn(message: str) -> None:
-    err_console.print(f"[yellow]warning:[/] {message}", soft_wrap=True)
-
-
-def _progress(quiet: bool, json_out: bool) -> Any:
-    """A context manager yielding the progress hook: rich bars on a terminal, else warnings only (stderr)."""
-    from attnprobe import distributed as D
-    from attnprobe.evaluate import ProgressHook, RichProgress
-
-    if D.is_main() and show_progress(quiet, json_out):
-        return RichProgress(console=err_console, warn=_warn)
-
-    class WarnOnly(ProgressHook):
-        def warn(self, message: str) -> None:
-            if not quiet:
-                _warn(message)
-
-    return nullcontext(WarnOnly())
 
 
 def _run_models(pairs: list[tuple[str, Optional[Path]]], device: Optional[str], out: Path, quiet: bool,
@@ -84,10 +47,10 @@ def _run_models(pairs: list[tuple[str, Optional[Path]]], device: Optional[str], 
     done = []
     try:
         for name, ckpt in pairs:
-            loaded = _load(name, ckpt, ctx.device)
+            loaded = load_on_rank(name, ckpt, ctx.device, quiet)
             if store is not None:
                 store.register_model(loaded.name, loaded.checkpoint_sha256, loaded.checkpoint_path, loaded.card)
-            with _progress(quiet, json_out) as progress:
+            with progress_hook(quiet, json_out) as progress:
                 result = evaluate(loaded, store, ctx, progress)
             done.append((_ident(loaded), result))
             del loaded
@@ -120,19 +83,19 @@ def _print_mfr(rows: list[dict[str, Any]], source: str) -> None:
         for col in ("perturbation", "FP", "FR", "T5D", "videos", "frame acc"):
             table.add_column(col, justify="left" if col == "perturbation" else "right")
         for p in r["perturbations"]:
-            table.add_row(p["perturbation"], _pct(p["flip_probability"]), _pct(p["flip_rate"], 1),
+            table.add_row(p["perturbation"], pct(p["flip_probability"]), pct(p["flip_rate"], 1),
                           _num(p["top5_distance"]), str(p["videos"]) + (f" (+{p['skipped']} skipped)"
                                                                         if p["skipped"] else ""),
-                          _pct(p["frame_accuracy"], 1))
+                          pct(p["frame_accuracy"], 1))
         console.print(table)
         if r["mfr"] is not None:
-            console.print(f"[bold]mFR {_pct(r['mfr'], 1)}[/] (AlexNet = 100, 10 test perturbations, lower is better)"
+            console.print(f"[bold]mFR {pct(r['mfr'], 1)}[/] (AlexNet = 100, 10 test perturbations, lower is better)"
                           f"   mean T5D {_num(r['mean_top5_distance'])} (unnormalised)")
     if len(rows) > 1 and all(r["mfr"] is not None for r in rows):
         base = rows[0]
         console.print("paired comparison (same videos):")
         for r in rows[1:]:
-            console.print(f"  {r['model']}: mFR {_pct(r['mfr'], 1)} ({100 * (r['mfr'] - base['mfr']):+.1f} vs "
+            console.print(f"  {r['model']}: mFR {pct(r['mfr'], 1)} ({100 * (r['mfr'] - base['mfr']):+.1f} vs "
                           f"{base['model']})")
     for note in rows[0]["notes"] if rows else []:
         console.print(f"note: {note}")
@@ -166,7 +129,7 @@ def mfr_cli(
     from attnprobe.data.imagenet_p_generate import APPROXIMATIONS
     from attnprobe.evaluate_extra import evaluate_imagenet_p, imagenet_p_sources, summarize_imagenet_p
 
-    pairs = _pair_models(model, ckpt)
+    pairs = pair_models(model, ckpt)
     if clean is not None and not on_the_fly:
         raise UserError("--clean needs --on-the-fly (regenerate sequences from clean images); or pass --data with "
                         "the released ImageNet-P videos")
@@ -224,7 +187,7 @@ def ood_cli(
     """Top-1 accuracy with the logits restricted to the set's 200 classes."""
     from attnprobe.evaluate_extra import evaluate_subset, subset_samples
 
-    pairs = _pair_models(model, ckpt)
+    pairs = pair_models(model, ckpt)
     subset_samples(data, set_name)  # reject a wrong folder or set before loading any model
     name = set_name.lower()
 
@@ -244,7 +207,7 @@ def ood_cli(
         skipped = f", skipped {r['skipped']}" if r["skipped"] else ""
         delta = (f"  ({100 * (r['accuracy'] - rows[0]['accuracy']):+.2f} vs {rows[0]['model']})"
                  if r is not rows[0] else "")
-        console.print(f"[bold]{r['model']}[/]  {label} top-1 accuracy {_pct(r['accuracy'])}% "
+        console.print(f"[bold]{r['model']}[/]  {label} top-1 accuracy {pct(r['accuracy'])}% "
                       f"(n={r['n']}{skipped}; 200-class logits){delta}")
     if limit is not None:
         console.print(f"note: --limit {limit}: a subset, not comparable with full-set numbers")
@@ -277,7 +240,7 @@ def pgd_cli(
     from attnprobe.data.folders import scan_class_folders
     from attnprobe.evaluate_extra import evaluate_pgd
 
-    pairs = _pair_models(model, ckpt)
+    pairs = pair_models(model, ckpt)
     scan_class_folders(data, "validation folder")  # reject a bad folder before loading any model
 
     def run(loaded: Any, store: Any, ctx: Any, progress: Any) -> Any:
@@ -296,8 +259,8 @@ def pgd_cli(
         skipped = f", skipped {r['skipped']}" if r["skipped"] else ""
         delta = (f"  ({100 * (r['robust_accuracy'] - rows[0]['robust_accuracy']):+.2f} vs {rows[0]['model']})"
                  if r is not rows[0] else "")
-        console.print(f"[bold]{r['model']}[/]  robust accuracy {_pct(r['robust_accuracy'])}%  clean "
-                      f"{_pct(r['clean_accuracy'])}%  (L-inf PGD eps {eps:g}/255, step {step:g}/255, {steps} steps, "
+        console.print(f"[bold]{r['model']}[/]  robust accuracy {pct(r['robust_accuracy'])}%  clean "
+                      f"{pct(r['clean_accuracy'])}%  (L-inf PGD eps {eps:g}/255, step {step:g}/255, {steps} steps, "
                       f"random start, seed {seed}; n={r['n']}{skipped}){delta}")
     if limit is not None:
         console.print(f"note: --limit {limit}: a subset, not comparable with full-validation numbers")
