@@ -28,8 +28,8 @@ _EXPORTS = {
     "ResultsStore": "attnprobe.store",
     "UserError": "attnprobe.errors",
 }
-_SUBMODULES = {"metrics", "robustness", "data", "report", "archs", "store", "zoo", "capture", "evaluate",
-               "evaluate_extra", "attacks", "diagnostics"}
+_SUBMODULES = {"metrics", "robustness", "data", "report", "archs", "store", "zoo", "capture", "engine",
+               "benchmarks", "attacks", "diagnostics"}
 
 __all__ = sorted(_EXPORTS) + sorted(_SUBMODULES)
 

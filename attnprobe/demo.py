@@ -240,7 +240,7 @@ def run_demo(cfg: DemoConfig, progress: Progress | None = None) -> DemoResult:
         Paths, timings and the key numbers (`DemoResult`).
     """
     from attnprobe import diagnostics as Dg
-    from attnprobe.evaluate import CellSpec, run_cells
+    from attnprobe.engine import CellSpec, run_cells
     from attnprobe.report import build_report
     from attnprobe.store import CellKey, ResultsStore
 

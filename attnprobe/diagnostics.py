@@ -6,7 +6,7 @@ maps to per-image values as soon as the layer has run (nothing N x N outlives it
 figures), and writes the values to the results store. A rerun skips images already stored; `fresh=True` recomputes.
 
     from attnprobe.diagnostics import ModelEntry, stability
-    from attnprobe.data.images import select_images
+    from attnprobe.data.selection import select_images
     entries = [ModelEntry.from_loaded(zoo.load_model("fan_b", ckpt_a)), ModelEntry.from_loaded(...)]
     res = stability(entries, select_images(data="val/", n=64), "gaussian_noise", [3], store=ResultsStore("out"))
     res.to_json()   # {"results": [{"model": ..., "layers": [{"layer": 0, "mean_cosine": ...}, ...]}, ...]}
@@ -569,7 +569,7 @@ def stability(entries: Sequence[ModelEntry], images: ImageSet, corruption: str, 
 
     Args:
         entries: the models (all see the same images and corruption draws).
-        images: the images (`attnprobe.data.images.select_images`).
+        images: the images (`attnprobe.data.selection.select_images`).
         corruption: corruption name; severities: 1-5 each.
         store: results store (values, resume, saved maps); None keeps results in memory only.
         batch_size: images per forward pass (each pass holds the clean and the corrupted copy).

@@ -4,7 +4,7 @@
 
 Every rank runs the same command; `init_from_env()` reads torchrun's environment variables (RANK, WORLD_SIZE,
 LOCAL_RANK, MASTER_ADDR, MASTER_PORT). A plain `python -m attnprobe ...` is a world of one and touches nothing in
-torch.distributed. The evaluation loop (`attnprobe.evaluate`) shards each chunk of samples with `shard()` (no
+torch.distributed. The evaluation loop (`attnprobe.engine`) shards each chunk of samples with `shard()` (no
 duplicates, no padding), sums the counts of all ranks with `all_reduce_sum()`, and lets only rank 0 open the
 results store; the other ranks learn from rank 0 which chunks are done (`broadcast_object()`).
 """

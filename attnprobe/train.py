@@ -374,7 +374,7 @@ def _build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
 
 
 def _preprocessing(model: nn.Module, cfg: TrainConfig) -> dict[str, Any]:
-    from attnprobe.archs_demo import DEMO_MEAN, DEMO_STD
+    from attnprobe.archs.demo_vit import DEMO_MEAN, DEMO_STD
 
     pcfg = getattr(model, "pretrained_cfg", None) or {}
     mean = tuple(pcfg.get("mean", DEMO_MEAN)) if cfg.arch != DEMO_ARCH else DEMO_MEAN
@@ -624,157 +624,211 @@ def train(cfg: TrainConfig, resume: bool = False, progress: Callable[[dict[str, 
     Returns:
         The run's result; ``finished`` is False when it stopped early.
     """
-    from attnprobe.archs.adl import adl_loss
-
     _check_config(cfg)
     ctx = D.init_from_env(device=cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out).expanduser()
-    name = cfg.name or default_run_name(cfg.arch, cfg.tap, cfg.adl_weight)
-    ckpt_path = out / CHECKPOINT
-    state: dict[str, Any] | None = None
-    if ckpt_path.exists():
-        if not resume:
-            raise UserError(f"{out} already holds a training run; pass --resume to continue it, or choose another "
-                            "--out")
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        old = state["config"]
-        diff = {k: (old.get(k), v) for k, v in cfg.identity().items() if old.get(k) != v}
-        if diff:
-            first = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(diff.items())[:3])
-            raise UserError(f"--resume with different settings than the run in {out} ({first}); use the original "
-                            "options or another --out")
+    state = _saved_state(cfg, out, resume)
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
-
-    train_ds, val_ds = load_images(cfg)
-    num_classes = len(train_ds.classes)
-    torch.manual_seed(cfg.seed)
-    model = _build_model(cfg, num_classes).to(ctx.device)
-    pre = _preprocessing(model, cfg)
-    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
-    steps_per_epoch = len(train_ds) // cfg.batch_size
-    if steps_per_epoch < 1:
-        raise UserError(f"the training set has {len(train_ds)} images, fewer than one batch of {cfg.batch_size}; "
-                        "lower --batch-size")
-    total = steps_per_epoch * cfg.epochs
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, int(cfg.warmup_epochs * steps_per_epoch)))
-    history: list[dict[str, Any]] = []
-    epoch, step_in_epoch, elapsed = 0, 0, 0.0
-    sums = torch.zeros(4, dtype=torch.float64)
-    resumed_sums: torch.Tensor | None = None
+    trainer = _Trainer(cfg, ctx, out, progress, stop_after_steps)
     if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
-        if state.get("cuda_rng") is not None and ctx.device.type == "cuda":
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        epoch, step_in_epoch = state["epoch"], state["step_in_epoch"]
-        history, elapsed = state["history"], state["seconds"]
-        if step_in_epoch > 0 and "epoch_sums" in state and ctx.world_size == 1:  # the sums are rank 0's
-            resumed_sums = state["epoch_sums"]
-
-    ddp = model
-    if ctx.distributed:
-        ddp = nn.parallel.DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda"
-                                                  else None)
-    recorder = AttentionRecorder(model) if cfg.adl_weight > 0 else None
-    if recorder is not None:
-        recorder.__enter__()
-
-    def save() -> None:
-        if ctx.is_main:
-            _atomic_save({"config": asdict(cfg), "model": model.state_dict(), "optimizer": opt.state_dict(),
-                          "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state(),
-                          "cuda_rng": torch.cuda.get_rng_state_all() if ctx.device.type == "cuda" else None,
-                          "epoch": epoch,
-                          "step_in_epoch": step_in_epoch, "history": history, "epoch_sums": sums.clone(),
-                          "seconds": elapsed + time.monotonic() - t0}, ckpt_path)
-        D.barrier()
-
-    t0 = time.monotonic()
-    stopped = False
-    try:
-        while epoch < cfg.epochs and not stopped:
-            model.train()
-            batches = _epoch_batches(len(train_ds), cfg.batch_size, cfg.seed, epoch)
-            if resumed_sums is not None:
-                sums, resumed_sums = resumed_sums, None
-            else:
-                sums = torch.zeros(4, dtype=torch.float64)  # loss, ce, adl, samples of this epoch (this rank)
-            for step in range(step_in_epoch, steps_per_epoch):
-                idx = batches[step][ctx.rank::ctx.world_size]
-                x = torch.stack([train_ds[i][0] for i in idx]) if train_ds.images is None else train_ds.images[idx]
-                y = torch.tensor([train_ds.targets[i] for i in idx])
-                gen = torch.Generator().manual_seed(((cfg.seed * 1009 + epoch) * 100_003 + step) * 257 + ctx.rank)
-                x = _normalize(_augment(x.float() / 255.0, gen), pre["mean"], pre["std"]).to(ctx.device)
-                y = y.to(ctx.device)
-                logits = ddp(x)
-                ce = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-                if recorder is not None:
-                    adl = adl_loss(recorder.pop(), cfg.adl_tau, cfg.adl_variant)
-                    loss = ce + cfg.adl_weight * adl
-                else:
-                    adl, loss = torch.zeros(()), ce
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                sums += torch.tensor([loss.item() * len(idx), ce.item() * len(idx), adl.item() * len(idx), len(idx)],
-                                     dtype=torch.float64)
-                step_in_epoch = step + 1
-                global_step = epoch * steps_per_epoch + step_in_epoch
-                if progress is not None and ctx.is_main:
-                    progress({"kind": "step", "epoch": epoch, "step": step_in_epoch, "steps": steps_per_epoch,
-                              "global_step": global_step, "total_steps": total, "loss": loss.item()})
-                if stop_after_steps is not None and global_step >= stop_after_steps:
-                    stopped = True
-                if cfg.save_every and global_step % cfg.save_every == 0 and step_in_epoch < steps_per_epoch:
-                    save()
-                if stopped:
-                    break
-            if stopped and step_in_epoch < steps_per_epoch:
-                save()
+        trainer.restore(state)
+    with trainer.recording():
+        while trainer.epoch < cfg.epochs and not trainer.stopped:
+            if not trainer.run_epoch():
                 break
-            sums = D.all_reduce_sum(sums)
-            val = evaluate_split(model, val_ds, pre, cfg.adl_tau, cfg.adl_variant, device=ctx.device)
-            if recorder is not None:
-                recorder.pop()  # drop the maps the evaluation left in the training recorder
-            n = max(sums[3].item(), 1.0)
-            record = {"epoch": epoch + 1, "train_loss": sums[0].item() / n, "train_ce": sums[1].item() / n,
-                      "train_adl": sums[2].item() / n if cfg.adl_weight > 0 else float("nan"),
-                      "val_loss": val["loss"], "val_accuracy": val["accuracy"], "val_adl": val["adl"],
-                      "lr": opt.param_groups[0]["lr"], "seconds": round(elapsed + time.monotonic() - t0, 1)}
-            history.append(record)
-            epoch, step_in_epoch = epoch + 1, 0
-            save()
-            if ctx.is_main:
-                with open(out / LOG, "a", encoding="utf-8") as f:
-                    f.write(json.dumps(record) + "\n")
-            if progress is not None and ctx.is_main:
-                progress({"kind": "epoch", **record})
-    finally:
-        if recorder is not None:
-            recorder.__exit__(None, None, None)
+            trainer.end_epoch()
+    return trainer.result()
 
-    seconds = elapsed + time.monotonic() - t0
-    last = history[-1] if history else {}
-    result = TrainResult(name=name, out=str(out), finished=epoch >= cfg.epochs, epoch=epoch,
-                         step=epoch * steps_per_epoch + step_in_epoch,
-                         val_accuracy=last.get("val_accuracy", float("nan")),
-                         val_loss=last.get("val_loss", float("nan")), val_adl=last.get("val_adl", float("nan")),
-                         train_loss=last.get("train_loss", float("nan")), train_ce=last.get("train_ce", float("nan")),
-                         train_adl=last.get("train_adl", float("nan")), seconds=round(seconds, 1), history=history)
-    if result.finished:
-        weights = out / f"{name}.safetensors"
-        card = out / f"{name}.toml"
-        if ctx.is_main and not (weights.exists() and card.exists()):
-            _finish(model, cfg, name, out, pre, train_ds.classes, result, ctx.world_size)
+
+def _saved_state(cfg: TrainConfig, out: Path, resume: bool) -> dict[str, Any] | None:
+    """The checkpoint of the run in ``out`` when resuming it (its settings must match ``cfg``), else None."""
+    ckpt_path = out / CHECKPOINT
+    if not ckpt_path.exists():
+        return None
+    if not resume:
+        raise UserError(f"{out} already holds a training run; pass --resume to continue it, or choose another --out")
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    old = state["config"]
+    diff = {k: (old.get(k), v) for k, v in cfg.identity().items() if old.get(k) != v}
+    if diff:
+        first = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(diff.items())[:3])
+        raise UserError(f"--resume with different settings than the run in {out} ({first}); use the original "
+                        "options or another --out")
+    return state
+
+
+class _Trainer:
+    """One training run: model, optimizer, schedule and position, advanced an epoch at a time."""
+
+    def __init__(self, cfg: TrainConfig, ctx: Any, out: Path, progress: Callable[[dict[str, Any]], None] | None,
+                 stop_after_steps: int | None) -> None:
+        self.cfg, self.ctx, self.out = cfg, ctx, out
+        self.progress, self.stop_after_steps = progress, stop_after_steps
+        self.name = cfg.name or default_run_name(cfg.arch, cfg.tap, cfg.adl_weight)
+        self.train_ds, self.val_ds = load_images(cfg)
+        torch.manual_seed(cfg.seed)
+        self.model = _build_model(cfg, len(self.train_ds.classes)).to(ctx.device)
+        self.pre = _preprocessing(self.model, cfg)
+        self.opt = torch.optim.AdamW(_param_groups(self.model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
+        self.steps_per_epoch = len(self.train_ds) // cfg.batch_size
+        if self.steps_per_epoch < 1:
+            raise UserError(f"the training set has {len(self.train_ds)} images, fewer than one batch of "
+                            f"{cfg.batch_size}; lower --batch-size")
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, _lr_lambda(self.total_steps, int(cfg.warmup_epochs * self.steps_per_epoch)))
+        self.history: list[dict[str, Any]] = []
+        self.epoch, self.step_in_epoch, self.elapsed = 0, 0, 0.0
+        self.sums = torch.zeros(4, dtype=torch.float64)  # loss, ce, adl, samples of this epoch (this rank)
+        self._resumed_sums: torch.Tensor | None = None
+        self._ddp: nn.Module | None = None
+        self.recorder = AttentionRecorder(self.model) if cfg.adl_weight > 0 else None
+        self.stopped = False  # `stop_after_steps` was reached
+        self.t0 = time.monotonic()
+
+    # -- state ---------------------------------------------------------------------------------------------------
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from a checkpoint written by `save` (bit-identical continuation on the same machine)."""
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and self.ctx.device.type == "cuda":
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
+        self.history, self.elapsed = state["history"], state["seconds"]
+        if self.step_in_epoch > 0 and "epoch_sums" in state and self.ctx.world_size == 1:  # the sums are rank 0's
+            self._resumed_sums = state["epoch_sums"]
+
+    def save(self) -> None:
+        """Atomically replace the run's checkpoint (rank 0), then wait for every rank."""
+        if self.ctx.is_main:
+            cuda = self.ctx.device.type == "cuda"
+            _atomic_save({"config": asdict(self.cfg), "model": self.model.state_dict(),
+                          "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                          "torch_rng": torch.get_rng_state(),
+                          "cuda_rng": torch.cuda.get_rng_state_all() if cuda else None, "epoch": self.epoch,
+                          "step_in_epoch": self.step_in_epoch, "history": self.history,
+                          "epoch_sums": self.sums.clone(), "seconds": self.seconds()}, self.out / CHECKPOINT)
         D.barrier()
-        result.weights, result.card = str(weights), str(card)
-    return result
+
+    def seconds(self) -> float:
+        return self.elapsed + time.monotonic() - self.t0
+
+    @contextmanager
+    def recording(self) -> Iterator[None]:
+        """Keep the attention maps of every forward pass while training with ADL."""
+        if self.recorder is None:
+            yield
+            return
+        with self.recorder:
+            yield
+
+    @property
+    def ddp(self) -> nn.Module:
+        """The model as trained: wrapped in DDP under torchrun (created after `restore`, so every rank starts from
+        the checkpoint's weights)."""
+        if self._ddp is None:
+            self._ddp = self.model
+            if self.ctx.distributed:
+                dev = self.ctx.device
+                self._ddp = nn.parallel.DistributedDataParallel(
+                    self.model, device_ids=[dev.index] if dev.type == "cuda" else None)
+        return self._ddp
+
+    # -- one epoch -----------------------------------------------------------------------------------------------
+    def run_epoch(self) -> bool:
+        """Train the rest of the current epoch; False if the run was stopped early (after a checkpoint)."""
+        self.model.train()
+        batches = _epoch_batches(len(self.train_ds), self.cfg.batch_size, self.cfg.seed, self.epoch)
+        if self._resumed_sums is not None:
+            self.sums, self._resumed_sums = self._resumed_sums, None
+        else:
+            self.sums = torch.zeros(4, dtype=torch.float64)
+        for step in range(self.step_in_epoch, self.steps_per_epoch):
+            loss = self._step(batches[step], step)
+            self.step_in_epoch = step + 1
+            global_step = self.epoch * self.steps_per_epoch + self.step_in_epoch
+            if self.progress is not None and self.ctx.is_main:
+                self.progress({"kind": "step", "epoch": self.epoch, "step": self.step_in_epoch,
+                               "steps": self.steps_per_epoch, "global_step": global_step,
+                               "total_steps": self.total_steps, "loss": loss})
+            self.stopped = self.stop_after_steps is not None and global_step >= self.stop_after_steps
+            if self.stopped and self.step_in_epoch < self.steps_per_epoch:
+                self.save()
+                return False
+            if (self.cfg.save_every and global_step % self.cfg.save_every == 0
+                    and self.step_in_epoch < self.steps_per_epoch):
+                self.save()
+        return True
+
+    def _step(self, batch: list[int], step: int) -> float:
+        """One optimizer step on this rank's share of a global batch; returns the loss."""
+        from attnprobe.archs.adl import adl_loss
+
+        cfg, ctx, ds = self.cfg, self.ctx, self.train_ds
+        idx = batch[ctx.rank::ctx.world_size]
+        x = torch.stack([ds[i][0] for i in idx]) if ds.images is None else ds.images[idx]
+        y = torch.tensor([ds.targets[i] for i in idx]).to(ctx.device)
+        gen = torch.Generator().manual_seed(((cfg.seed * 1009 + self.epoch) * 100_003 + step) * 257 + ctx.rank)
+        x = _normalize(_augment(x.float() / 255.0, gen), self.pre["mean"], self.pre["std"]).to(ctx.device)
+        ce = F.cross_entropy(self.ddp(x), y, label_smoothing=cfg.label_smoothing)
+        if self.recorder is not None:
+            adl = adl_loss(self.recorder.pop(), cfg.adl_tau, cfg.adl_variant)
+            loss = ce + cfg.adl_weight * adl
+        else:
+            adl, loss = torch.zeros(()), ce
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.sched.step()
+        self.sums += torch.tensor([loss.item() * len(idx), ce.item() * len(idx), adl.item() * len(idx), len(idx)],
+                                  dtype=torch.float64)
+        return loss.item()
+
+    def end_epoch(self) -> None:
+        """Evaluate on the validation split, log the epoch, checkpoint."""
+        sums = D.all_reduce_sum(self.sums)
+        val = evaluate_split(self.model, self.val_ds, self.pre, self.cfg.adl_tau, self.cfg.adl_variant,
+                             device=self.ctx.device)
+        if self.recorder is not None:
+            self.recorder.pop()  # drop the maps the evaluation left in the training recorder
+        n = max(sums[3].item(), 1.0)
+        record = {"epoch": self.epoch + 1, "train_loss": sums[0].item() / n, "train_ce": sums[1].item() / n,
+                  "train_adl": sums[2].item() / n if self.cfg.adl_weight > 0 else float("nan"),
+                  "val_loss": val["loss"], "val_accuracy": val["accuracy"], "val_adl": val["adl"],
+                  "lr": self.opt.param_groups[0]["lr"], "seconds": round(self.seconds(), 1)}
+        self.history.append(record)
+        self.epoch, self.step_in_epoch = self.epoch + 1, 0
+        self.save()
+        if self.ctx.is_main:
+            with open(self.out / LOG, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+        if self.progress is not None and self.ctx.is_main:
+            self.progress({"kind": "epoch", **record})
+
+    # -- the end -------------------------------------------------------------------------------------------------
+    def result(self) -> TrainResult:
+        """The run's result; a finished run also gets its weights file and model card (written once)."""
+        last = self.history[-1] if self.history else {}
+        nan = float("nan")
+        result = TrainResult(name=self.name, out=str(self.out), finished=self.epoch >= self.cfg.epochs,
+                             epoch=self.epoch, step=self.epoch * self.steps_per_epoch + self.step_in_epoch,
+                             val_accuracy=last.get("val_accuracy", nan), val_loss=last.get("val_loss", nan),
+                             val_adl=last.get("val_adl", nan), train_loss=last.get("train_loss", nan),
+                             train_ce=last.get("train_ce", nan), train_adl=last.get("train_adl", nan),
+                             seconds=round(self.seconds(), 1), history=self.history)
+        if result.finished:
+            weights, card = self.out / f"{self.name}.safetensors", self.out / f"{self.name}.toml"
+            if self.ctx.is_main and not (weights.exists() and card.exists()):
+                _finish(self.model, self.cfg, self.name, self.out, self.pre, self.train_ds.classes, result,
+                        self.ctx.world_size)
+            D.barrier()
+            result.weights, result.card = str(weights), str(card)
+        return result
 
 
 def _finish(model: nn.Module, cfg: TrainConfig, name: str, out: Path, pre: dict[str, Any], classes: Sequence[str],

@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from attnprobe import distributed as D
-from attnprobe.evaluate import CellSpec, run_cells
+from attnprobe.engine import CellSpec, run_cells
 from attnprobe.store import CellKey, ResultsStore
 
 

@@ -138,7 +138,7 @@ def test_run_cells_stores_per_sample_correctness(tmp_path: Path) -> None:
     import torch
     from torch import nn
 
-    from attnprobe.evaluate import CellSpec, run_cells
+    from attnprobe.engine import CellSpec, run_cells
 
     class Items(torch.utils.data.Dataset):
         def __len__(self) -> int:

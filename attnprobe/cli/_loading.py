@@ -68,7 +68,7 @@ def progress_hook(quiet: bool, json_out: bool) -> Any:
 
     from attnprobe import distributed as D
     from attnprobe.cli._common import err_console, show_progress, warn
-    from attnprobe.evaluate import ProgressHook, RichProgress
+    from attnprobe.engine import ProgressHook, RichProgress
 
     if D.is_main() and show_progress(quiet, json_out):
         return RichProgress(console=err_console, warn=warn)

@@ -59,7 +59,7 @@ def load_entries(models: list[str], ckpts: Optional[list[str]], device: Optional
 
 
 def _images(data: Optional[Path], image: Optional[list[Path]], n: Optional[int]) -> Any:
-    from attnprobe.data.images import select_images
+    from attnprobe.data.selection import select_images
 
     return select_images(data=data, images=image, n=n)
 

@@ -110,7 +110,7 @@ def _compute_missing(plot: str, results_dir: Path, models: list[str], ckpts: Opt
     from attnprobe import diagnostics as D
     from attnprobe.cli.diagnostics import load_entries
     from attnprobe.data.corruptions import validate_corruption
-    from attnprobe.data.images import select_images
+    from attnprobe.data.selection import select_images
     from attnprobe.store import ResultsStore
 
     from attnprobe.cli._loading import pair_models

@@ -5,7 +5,7 @@ from the folders that happen to be present: a folder holding 10 classes is score
 1000 logits. Samples are kept sorted by relative path, so chunk boundaries and `--limit` subsets are reproducible.
 
 Each item is `(image tensor, label, ok)`; an unreadable file gives a zero image with `ok=False`, which the
-evaluation loop leaves out of the scoring and counts as skipped (see `attnprobe.evaluate`).
+evaluation loop leaves out of the scoring and counts as skipped (see `attnprobe.engine`).
 """
 
 from __future__ import annotations

@@ -9,10 +9,10 @@ Attention follows the attnprobe contract: ``attention_kind = "token"``, a ``fuse
 submodule whose input is the post-softmax map (B, H, N, N) on the explicit path, so capture, diagnostics and the
 ADL training loss all hook the same point.
 
-    import timm, attnprobe.archs_demo  # registers the names into timm
+    import timm, attnprobe.archs  # registers the names into timm
     model = timm.create_model("attnprobe_demo_vit_tiny", num_scales=4)   # +TAP with K = 4 branches
 
-Importing this module registers the architectures (the zoo imports it before building a model).
+Importing `attnprobe.archs` registers the architectures (the zoo imports it before building a model).
 """
 
 from __future__ import annotations

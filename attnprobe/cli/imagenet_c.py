@@ -1,4 +1,4 @@
-"""`attnprobe mce` (ImageNet-C) and `attnprobe clean` (clean top-1 accuracy).
+"""`attnprobe mce`: the ImageNet-C benchmark (driver: `attnprobe.benchmarks.imagenet_c`).
 
     attnprobe mce --model fan_b_tapadl --ckpt tapadl_fan_base.pth.tar --data /data/imagenet-c --out results/
     attnprobe mce --model resnet50 --clean /data/imagenet/val --on-the-fly --corruption fog --limit 2000
@@ -15,16 +15,10 @@ import typer
 
 from attnprobe.cli import _options as O
 from attnprobe.cli._common import command, console, pct, print_json
-from attnprobe.cli._loading import load_on_rank, pair_models, progress_hook
+from attnprobe.cli._loading import pair_models
+from attnprobe.cli._running import BATCH, run_models
 
 BUNDLED = "bundled"  # same as attnprobe.data.imagenet_c.BUNDLED, repeated here to keep `--help` free of torch
-
-_BATCH = typer.Option(128, "--batch-size", "-b", min=1, help="Images per batch on each process.")
-
-
-def _run_with_progress(fn: Any, quiet: bool, json_out: bool, **kw: Any) -> Any:
-    with progress_hook(quiet, json_out) as progress:
-        return fn(progress=progress, **kw)
 
 
 def _print_mce(d: dict[str, Any]) -> None:
@@ -90,7 +84,7 @@ def mce_cli(
                                                    help="Corruption name (repeat); default: the 15 of the mCE."),
     severity: Optional[list[int]] = typer.Option(None, "--severity", "-s", help="Severity 1-5 (repeat); default all."),
     limit: Optional[int] = O.LIMIT,
-    batch_size: int = _BATCH,
+    batch_size: int = BATCH,
     workers: Optional[int] = O.WORKERS,
     out: Path = O.OUT,
     device: Optional[str] = O.DEVICE,
@@ -103,9 +97,7 @@ def mce_cli(
                                    help="Images per committed chunk; a resumed run must use the same value."),
 ) -> None:
     """Evaluate each model on every ImageNet-C cell with the model loaded once; finished cells are skipped."""
-    from attnprobe import distributed as D
-    from attnprobe.evaluate import check_imagenet_c_inputs, evaluate_imagenet_c
-    from attnprobe.store import ResultsStore
+    from attnprobe.benchmarks.imagenet_c import check_imagenet_c_inputs, evaluate_imagenet_c
 
     pairs = pair_models(model, ckpt)
     notes: list[str] = []
@@ -116,86 +108,24 @@ def mce_cli(
         notes.append("bundled photos: 3 images, a demo of the pipeline, not an ImageNet-C measurement")
     # every input check (names, folders, file lists) runs before any model is loaded
     scanned = check_imagenet_c_inputs(data, clean, on_the_fly, corruption, severity)
-    ctx = D.init_from_env(device=device)
-    store = ResultsStore(out) if ctx.is_main else None
-    payloads = []
-    try:
-        for name, path in pairs:
-            loaded = load_on_rank(name, path, ctx.device, quiet)
-            report = _run_with_progress(
-                evaluate_imagenet_c, quiet, json_out, loaded=loaded, store=store, data=data, clean=clean,
-                on_the_fly=on_the_fly, corruptions=corruption, severities=severity, limit=limit,
-                jpeg_quality=None if no_jpeg else 85, scanned=scanned, batch_size=batch_size, workers=workers,
-                device=ctx.device, fresh=fresh, strict=strict, chunk_size=chunk_size)
-            payload = report.as_dict()
-            payload["notes"] = notes + payload["notes"]
-            payloads.append(payload)
-            del loaded
-    finally:
-        if store is not None:
-            store.close()
-        D.cleanup()
-    if not ctx.is_main:
+
+    def run(loaded: Any, store: Any, ctx: Any, progress: Any) -> Any:
+        return evaluate_imagenet_c(loaded, store, data=data, clean=clean, on_the_fly=on_the_fly,
+                                   corruptions=corruption, severities=severity, limit=limit,
+                                   jpeg_quality=None if no_jpeg else 85, scanned=scanned, batch_size=batch_size,
+                                   workers=workers, device=ctx.device, fresh=fresh, strict=strict,
+                                   chunk_size=chunk_size, progress=progress)
+
+    done = run_models(pairs, device, out, quiet, json_out, run)
+    if done is None:
         return
+    payloads = []
+    for _, report in done:
+        payload = report.as_dict()
+        payload["notes"] = notes + payload["notes"]
+        payloads.append(payload)
     if json_out:
         print_json({"results": payloads})
         return
     for payload in payloads:
         _print_mce(payload)
-
-
-@command("clean", help="Clean top-1 accuracy on an ImageNet-style validation folder (resumable).")
-def clean_cli(
-    model: Optional[list[str]] = O.MODELS,
-    ckpt: Optional[list[Path]] = O.CKPTS,
-    data: Path = typer.Option(..., "--data", help="Validation folder <val>/<wnid>/* (labels: canonical wnid order)."),
-    limit: Optional[int] = O.LIMIT,
-    batch_size: int = _BATCH,
-    workers: Optional[int] = O.WORKERS,
-    out: Path = O.OUT,
-    device: Optional[str] = O.DEVICE,
-    fresh: bool = O.FRESH,
-    strict: bool = O.STRICT,
-    json_out: bool = O.JSON,
-    quiet: bool = O.QUIET,
-) -> None:
-    """Top-1 accuracy and error of each model on a clean folder."""
-    from attnprobe import distributed as D
-    from attnprobe.data.folders import scan_class_folders
-    from attnprobe.evaluate import evaluate_clean
-    from attnprobe.store import ResultsStore
-
-    pairs = pair_models(model, ckpt)
-    samples = scan_class_folders(data, what="validation folder")  # reject a bad folder before loading a model
-    ctx = D.init_from_env(device=device)
-    store = ResultsStore(out) if ctx.is_main else None
-    payloads = []
-    try:
-        for name, path in pairs:
-            loaded = load_on_rank(name, path, ctx.device, quiet)
-            res = _run_with_progress(evaluate_clean, quiet, json_out, loaded=loaded, val_dir=data, store=store,
-                                     limit=limit, samples=samples, batch_size=batch_size, workers=workers,
-                                     device=ctx.device, fresh=fresh, strict=strict)
-            payloads.append({"model": loaded.name, "checkpoint_sha256": loaded.checkpoint_sha256,
-                             "preprocessing": loaded.preprocessing.key(), "dataset": res.key.dataset, "n": res.n,
-                             "correct": res.correct, "skipped": res.skipped,
-                             "top1_accuracy": res.top1_accuracy if res.n else None,
-                             "top1_error": res.top1_error if res.n else None, "cached": res.cached,
-                             "out": str(Path(out).expanduser().resolve())})
-            del loaded
-    finally:
-        if store is not None:
-            store.close()
-        D.cleanup()
-    if not ctx.is_main:
-        return
-    if json_out:
-        print_json({"results": payloads})
-        return
-    for p in payloads:
-        skipped = f", skipped {p['skipped']}" if p["skipped"] else ""
-        console.print(f"[bold]{p['model']}[/]  top-1 accuracy {pct(p['top1_accuracy'])}%  "
-                      f"(error {pct(p['top1_error'])}%, n={p['n']}{skipped})")
-    if limit is not None:
-        console.print(f"note: --limit {limit}: a subset, not comparable with full-validation numbers")
-    console.print(f"results store: {Path(payloads[0]['out']) / 'results.sqlite'}")

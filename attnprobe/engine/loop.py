@@ -1,0 +1,316 @@
+"""The one evaluation loop: `run_cells` evaluates cells chunk by chunk, resumably, on one or many processes.
+
+* resumable: each finished chunk is committed in its own transaction; a rerun skips committed chunks and finished
+  cells, so a run killed at any moment (Ctrl-C, kill -9) and rerun counts every sample exactly once;
+* distributed: under `torchrun`, every chunk is sharded over the ranks (see `plan.py`), the counts of all ranks are
+  summed with one all-reduce per chunk, and only rank 0 writes;
+* cheap: one DataLoader for all cells (`loader.py`), counts stay on the device until a chunk ends (one host sync
+  per chunk, not per batch).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from attnprobe import distributed as D
+from attnprobe.engine.cells import CellResult, CellSpec
+from attnprobe.engine.loader import Chunk, ChunkBatches, ConcatCells, loader_settings
+from attnprobe.engine.plan import CellPlan, chunks_to_compute, plan_cells
+from attnprobe.engine.progress import ProgressHook
+from attnprobe.engine.scoring import Scorer, top1_scorer
+from attnprobe.errors import UserError
+from attnprobe.store import ChunkCounts, ResultsStore
+
+__all__ = ["CHUNK_SIZE", "run_cells"]
+
+log = logging.getLogger(__name__)
+
+#: Samples per committed chunk. 1000 keeps a 50k-image cell at 50 tiny transactions and loses at most ~1000 images'
+#: work on a kill. A store remembers the chunk size implicitly: rerunning with another size is refused.
+CHUNK_SIZE = 1000
+
+#: How many unreadable sample names a result keeps (the count is always exact).
+_MAX_SKIPPED_NAMES = 100
+
+
+def run_cells(model: nn.Module, cells: Sequence[CellSpec], store: ResultsStore | None, *,
+              batch_size: int = 128, workers: int | None = None, device: torch.device | str | None = None,
+              scorer: Scorer = top1_scorer, chunk_size: int = CHUNK_SIZE, fresh: bool = False,
+              strict: bool = False, progress: ProgressHook | None = None,
+              autocast_dtype: torch.dtype | None = None, pin_memory: bool | None = None) -> list[CellResult]:
+    """Evaluate `cells` with `model` (loaded once), resumably, on one or many processes.
+
+    Args:
+        model: the network in eval mode; moved to `device`.
+        cells: what to evaluate; each dataset follows the contract in `attnprobe.engine`.
+        store: results store (rank 0 only; `None` on other ranks, or for an in-memory run without resume).
+        batch_size: samples per batch on each rank.
+        workers: DataLoader workers per rank (`None`: `default_workers()`).
+        device: compute device (default: the model's device).
+        scorer: turns a batch into sums (`top1_scorer` by default).
+        chunk_size: samples per committed chunk; must stay the same between a run and its resumption.
+        fresh: recompute the cells even if the store has them (their old rows are deleted first).
+        strict: an unreadable sample fails the run (`UserError`) instead of being skipped and counted.
+        progress: receives progress events (rank 0 only); `None` is silent.
+        autocast_dtype: run the model under `torch.autocast` with this dtype (e.g. `torch.bfloat16`); off by default
+            because reduced precision changes a few predictions.
+        pin_memory: override the default (pinned only on CUDA).
+
+    Returns:
+        One `CellResult` per cell, in order, on every rank.
+
+    Raises:
+        UserError: `strict` and an unreadable sample, or a store whose chunks do not fit this run.
+    """
+    if batch_size < 1:
+        raise UserError(f"batch size must be at least 1, got {batch_size}")
+    if chunk_size < 1:
+        raise ValueError("chunk_size must be positive")
+    main = D.is_main()
+    if not main:
+        store = None  # only rank 0 ever writes
+    dev = torch.device(device) if device is not None else _model_device(model)
+    model = model.to(dev).eval()
+    hook = progress if (progress is not None and main) else ProgressHook()
+
+    plan = plan_cells(cells, store, chunk_size, fresh)
+    todo, offsets = chunks_to_compute(plan, chunk_size, batch_size)
+    run = _Run(cells, plan, offsets, store, hook, scorer, dev, chunk_size, strict)
+    hook.start(len(cells), sum(t.size for t in todo))
+    if main:  # cells with nothing left to compute
+        pending = {t.cell for t in todo}
+        for ci, p in enumerate(plan):
+            if ci not in pending:
+                hook.cell_start(cells[ci].key, p.n, p.n)
+                run.finish(ci)
+    if todo:
+        kw = loader_settings(dev, workers, D.world_size())
+        if pin_memory is not None:
+            kw["pin_memory"] = pin_memory
+        loader = DataLoader(ConcatCells([spec.dataset for spec in cells], offsets), batch_sampler=ChunkBatches(todo),
+                            **kw)
+        forward = _Forward(model, scorer, dev, autocast_dtype)
+        it: Iterator[Any] = iter(loader)
+        try:
+            current = -1
+            for ch in todo:
+                if ch.cell != current:
+                    current = ch.cell
+                    hook.cell_start(cells[current].key, plan[current].n, plan[current].samples_done(chunk_size))
+                t0 = time.perf_counter()
+                run.commit(ch, run.evaluate(ch, it, forward), time.perf_counter() - t0)
+        finally:
+            del it  # shuts the loader's workers down, also on Ctrl-C
+
+    # every rank returns rank 0's totals
+    out = D.broadcast_object([r.__dict__ if r is not None else None for r in run.results])
+    return [CellResult(**d) for d in out]
+
+
+@dataclass
+class _Forward:
+    """The scorer call with the right gradient mode, autocast and device placement."""
+
+    model: nn.Module
+    scorer: Scorer
+    device: torch.device
+    autocast_dtype: torch.dtype | None
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> Mapping[str, Any]:
+        grad_ctx = nullcontext() if self.scorer.needs_grad else torch.inference_mode()
+        amp_ctx = (torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype is not None
+                   else nullcontext())
+        x = x.to(self.device, non_blocking=True)
+        y = y.to(self.device, non_blocking=True)
+        with grad_ctx, amp_ctx:
+            return self.scorer.fn(self.model, x, y)
+
+
+@dataclass
+class _ChunkOutcome:
+    """This rank's raw results of one chunk, before the all-reduce."""
+
+    parts: list[Mapping[str, Any]] = field(default_factory=list)  # per-batch sums, reduced once per chunk
+    masks: list[torch.Tensor] = field(default_factory=list)  # per-sample correctness of readable samples (device)
+    oks: list[torch.Tensor] = field(default_factory=list)  # readable flags of every sample of this rank (CPU)
+    n_ok: int = 0
+    n_bad: int = 0
+    failed: str = ""  # the first unreadable sample, with --strict
+
+
+class _Run:
+    """State of one `run_cells` call: the plan, running totals per cell, and the results of finished cells."""
+
+    def __init__(self, cells: Sequence[CellSpec], plan: Sequence[CellPlan], offsets: Sequence[int],
+                 store: ResultsStore | None, hook: ProgressHook, scorer: Scorer, device: torch.device,
+                 chunk_size: int, strict: bool) -> None:
+        self.cells, self.plan, self.offsets = cells, plan, offsets
+        self.scorer, self.device = scorer, device
+        self.store, self.hook, self.chunk_size, self.strict = store, hook, chunk_size, strict
+        self.rank, self.world = D.rank(), D.world_size()
+        self.results: list[CellResult | None] = [None] * len(cells)
+        self.skipped_names: list[list[str]] = [[] for _ in cells]
+        self.seconds = [0.0] * len(cells)
+        self.computed = [0] * len(cells)
+        self.mem_totals: list[dict[str, Any]] = [{} for _ in cells]  # used when there is no store
+
+    # -- one chunk on this rank --------------------------------------------------------------------------------
+    def evaluate(self, ch: Chunk, batches: Iterator[Any], forward: _Forward) -> _ChunkOutcome:
+        """Run this rank's share of chunk `ch`; unreadable samples are left out and named."""
+        o = _ChunkOutcome()
+        per_sample = self.scorer.per_sample
+        for idx in ch.batches():
+            x, y, ok = _unpack(next(batches))
+            if per_sample:
+                o.oks.append(ok.reshape(-1).bool() if ok is not None else torch.ones(len(idx), dtype=torch.bool))
+            if ok is not None and not bool(ok.all()):
+                okb = ok.bool()
+                self._skip(ch, [idx[j] for j in (~okb).nonzero().flatten().tolist()], o)
+                x, y = x[okb], y[okb]
+            o.n_ok += int(y.shape[0])
+            if y.shape[0]:
+                out = forward(x, y)
+                # NOTE: detach, so a gradient-based scorer does not keep its graphs alive until the chunk ends
+                o.parts.append({f: out[f].detach() if isinstance(out[f], torch.Tensor) else out[f]
+                                for f in self.scorer.fields})
+                if per_sample:
+                    o.masks.append(out["correct_mask"].detach().reshape(-1))
+            self.hook.advance(len(idx) * self.world)
+        return o
+
+    def _skip(self, ch: Chunk, global_indices: list[int], o: _ChunkOutcome) -> None:
+        names = self.skipped_names[ch.cell]
+        for gi in global_indices:
+            name = _sample_name(self.cells[ch.cell].dataset, gi - self.offsets[ch.cell])
+            if self.strict and not o.failed:
+                o.failed = name
+            if len(names) < _MAX_SKIPPED_NAMES:
+                names.append(name)
+            self.hook.warn(f"skipped unreadable sample {name}")
+            log.info("skipped unreadable sample %s", name)
+        o.n_bad += len(global_indices)
+
+    # -- all ranks together: reduce, check, store ----------------------------------------------------------------
+    def commit(self, ch: Chunk, o: _ChunkOutcome, seconds: float) -> None:
+        """Sum the chunk over ranks (one collective, one host copy) and store it on rank 0."""
+        fields, dev, per_sample = self.scorer.fields, self.device, self.scorer.per_sample
+        head = torch.tensor([o.n_ok, o.n_bad, 1 if o.failed else 0], dtype=torch.float64, device=dev)
+        acc = _reduce_parts(o.parts, fields, dev)
+        codes = (_sample_codes(o.masks, o.oks, ch.size, self.rank, self.world, dev) if per_sample
+                 else head.new_zeros(0))
+        # NOTE: the per-sample codes ride in the same all-reduce (disjoint positions per rank, so a sum assembles
+        # the chunk in sample order)
+        total_t = D.all_reduce_sum(torch.cat([head, acc, codes])).cpu()
+        n_head = 3 + len(fields)
+        total = total_t[:n_head].tolist()
+        if total[2] > 0:
+            where = f" ({o.failed})" if o.failed else " on another rank"
+            raise UserError(f"unreadable image{where}; remove or repair it, or run without --strict to skip "
+                            f"unreadable images and count them")
+        n_all, bad_all = int(round(total[0])), int(round(total[1]))
+        if n_all + bad_all != ch.size:
+            raise RuntimeError(f"chunk {ch.chunk} of cell {self.cells[ch.cell].key} has {n_all + bad_all} samples "
+                               f"over all ranks, expected {ch.size}")
+        sums = {f: _num(v) for f, v in zip(fields, total[3:])}
+        counts = ChunkCounts(n=n_all, correct=int(round(sums.get("correct", 0))), skipped=bad_all,
+                             extra={k: v for k, v in sums.items() if k != "correct"} or None)
+        if self.store is not None:
+            bits = skip = None
+            if per_sample:
+                code = total_t[n_head:].round().to(torch.int64).numpy()
+                bits, skip = code == 1, code == 2
+            self.store.add_chunk(self.cells[ch.cell].key, ch.chunk, counts, correct_bits=bits, skipped_mask=skip)
+        mt = self.mem_totals[ch.cell]
+        for k, v in (("n", counts.n), ("correct", counts.correct), ("skipped", counts.skipped),
+                     *((counts.extra or {}).items())):
+            mt[k] = mt.get(k, 0) + v
+        self.computed[ch.cell] += 1
+        self.seconds[ch.cell] += seconds
+        if ch.last and D.is_main():
+            self.finish(ch.cell)
+
+    # -- a finished cell -----------------------------------------------------------------------------------------
+    def finish(self, ci: int) -> None:
+        """Mark cell `ci` done in the store (if this run computed any of it) and record its totals."""
+        spec, p = self.cells[ci], self.plan[ci]
+        if self.store is not None:
+            if not p.finished or self.computed[ci]:
+                self.store.finish_cell(spec.key, p.n_chunks, {**spec.info, "n_samples": p.n,
+                                                              "chunk_size": self.chunk_size,
+                                                              "world_size": self.world})
+            tot = self.store.cell_totals(spec.key)
+            n, correct, skipped, extra = tot.n, tot.correct, tot.skipped, dict(tot.extra or {})
+        else:
+            t = self.mem_totals[ci]
+            n, correct, skipped = t.get("n", 0), t.get("correct", 0), t.get("skipped", 0)
+            extra = {k: v for k, v in t.items() if k not in ("n", "correct", "skipped")}
+        res = CellResult(key=spec.key, n=n, correct=correct, skipped=skipped, extra=extra, n_chunks=p.n_chunks,
+                         computed_chunks=self.computed[ci], cached=self.computed[ci] == 0,
+                         seconds=self.seconds[ci], skipped_samples=self.skipped_names[ci])
+        self.results[ci] = res
+        self.hook.cell_end(res)
+
+
+def _unpack(batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    if isinstance(batch, (list, tuple)):
+        if len(batch) == 3:
+            return batch[0], batch[1], batch[2]
+        if len(batch) == 2:
+            return batch[0], batch[1], None
+    raise TypeError("a dataset item must be (input, target) or (input, target, ok)")
+
+
+def _reduce_parts(parts: Sequence[Mapping[str, Any]], fields: Sequence[str], dev: torch.device) -> torch.Tensor:
+    """Sum the per-batch outputs of a scorer field by field: a float64 vector on `dev`."""
+    if not parts:
+        return torch.zeros(len(fields), dtype=torch.float64, device=dev)
+    cols = []
+    for f in fields:
+        vals = [p[f] for p in parts]
+        if all(isinstance(v, torch.Tensor) for v in vals):
+            cols.append(torch.stack([v.reshape(()).to(dev, torch.float64) for v in vals]).sum())
+        else:
+            cols.append(torch.tensor(float(sum(float(v) for v in vals)), dtype=torch.float64, device=dev))
+    return torch.stack(cols)
+
+
+def _sample_codes(masks: Sequence[torch.Tensor], oks: Sequence[torch.Tensor], size: int, rank: int, world: int,
+                  dev: torch.device) -> torch.Tensor:
+    """This rank's per-sample codes of one chunk, placed at its positions in the chunk (zeros elsewhere):
+    1 = correct, 0 = wrong, 2 = skipped. Positions follow `D.shard` (`index % world == rank`)."""
+    codes = torch.zeros(size, dtype=torch.float64, device=dev)
+    if not oks:
+        return codes
+    ok = torch.cat(list(oks))
+    local = torch.full((ok.numel(),), 2.0, dtype=torch.float64, device=dev)
+    if masks:
+        hits = torch.cat(list(masks)).to(dev, torch.float64)
+        if hits.numel() != int(ok.sum()):
+            raise RuntimeError(f"the scorer's correct_mask has {hits.numel()} entries for {int(ok.sum())} samples")
+        local[ok.to(dev)] = hits
+    codes[rank::world] = local
+    return codes
+
+
+def _num(v: float) -> int | float:
+    return int(round(v)) if abs(v - round(v)) < 1e-9 else v
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def _sample_name(ds: Dataset, i: int) -> str:
+    fn = getattr(ds, "sample_name", None)
+    return str(fn(i)) if callable(fn) else f"sample {i}"
