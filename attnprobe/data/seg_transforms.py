@@ -85,7 +85,7 @@ def read_label(path: str | Path, lut: np.ndarray | None = None) -> np.ndarray:
         if im.mode not in LABEL_MODES:
             raise ValueError(f"label map {path} is a {im.mode} image, not an 8-bit label PNG")
         im.load()
-        arr = np.asarray(im, dtype=np.uint8)
+        arr = np.array(im, dtype=np.uint8)
     return lut[arr] if lut is not None else arr
 
 
