@@ -81,6 +81,7 @@ def test_matches_official_histograms_including_out_of_range_values(seed: int) ->
     for i in range(3):
         want = _official_areas(pred[i].numpy(), label[i].numpy(), c, 255)
         np.testing.assert_array_equal(got[i].numpy(), want)
+    assert torch.equal(batch_areas(pred.to(torch.int32), label.to(torch.int16), c, 255), got)
 
 
 def test_uint8_and_int64_labels_agree_and_areas_are_int64() -> None:

@@ -36,6 +36,7 @@ from attnprobe.errors import UserError
 
 __all__ = [
     "OUTPUTS",
+    "CorruptionBackend",
     "SegSample",
     "SegmentationDataset",
     "check_sizes",
@@ -46,6 +47,8 @@ __all__ = [
 
 #: What `ds[i]` returns as its input, see the module docstring.
 OUTPUTS = ("normalized", "uint8", "native")
+#: Signature of a corruption backend: (BGR uint8 (H, W, 3), corruption, severity, seed) -> BGR uint8 (H, W, 3).
+CorruptionBackend = Callable[[np.ndarray, str, int, int], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -260,7 +263,3 @@ class SegmentationDataset(Dataset):
                             f"{self.sample_name(i)} is {bgr.shape[1]}x{bgr.shape[0]}; label maps must have their "
                             f"image's size")
         return self.transform(self.prepare(bgr, i)), torch.from_numpy(np.ascontiguousarray(label)), True
-
-
-#: Signature of a corruption backend: (BGR uint8 (H, W, 3), corruption, severity, seed) -> BGR uint8 (H, W, 3).
-CorruptionBackend = Callable[[np.ndarray, str, int, int], np.ndarray]

@@ -53,10 +53,11 @@ __all__ = [
 AREA_KINDS = ("area_intersect", "area_union", "area_pred", "area_label")
 
 
-def _class_bins(values: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """np.histogram binning over arange(C + 1): value C goes to bin C - 1; returns (bin, inside) per value."""
-    bins = torch.where(values == num_classes, values.new_tensor(num_classes - 1), values)
-    return bins, (bins >= 0) & (bins < num_classes)
+def _bins(values: torch.Tensor, other: int) -> torch.Tensor:
+    """int32 bin per value: the value itself in [0, other), `other` for anything outside (negative or larger)."""
+    v = values.clamp(max=other) if values.dtype == torch.uint8 else values.clamp(-1, other)
+    v = v.to(torch.int32)
+    return torch.where(v < 0, other, v)
 
 
 def batch_areas(preds: torch.Tensor, labels: torch.Tensor, num_classes: int = 19,
@@ -82,22 +83,27 @@ def batch_areas(preds: torch.Tensor, labels: torch.Tensor, num_classes: int = 19
     if preds.is_floating_point() or labels.is_floating_point():
         raise TypeError("predictions and labels must be integer class maps (take the argmax of the logits first)")
     b, c = preds.shape[0], int(num_classes)
-    labels = labels.to(preds.device)
-    pred = preds.reshape(b, -1).long()  # (B, HW)
-    label = labels.reshape(b, -1).long()  # (B, HW)
-    keep = label != ignore_index
-    offset = (torch.arange(b, device=pred.device) * c)[:, None]  # (B, 1): one bincount for the whole batch
-    pred_bin, pred_in = _class_bins(pred, c)
-    label_bin, label_in = _class_bins(label, c)
-    # NOTE: the official intersection compares the raw values, then bins the prediction's value.
-    hits = keep & pred_in & (pred == label)
+    # NOTE: one confusion histogram per image over K = C + 2 bins per axis: the C classes, the value C itself (which
+    # np.histogram puts into class C - 1, but which is only an intersection where both values are C) and "other"
+    # (dropped by np.histogram). Ignored pixels go to one extra bin. One bincount, no masked copies, int32 codes.
+    k = c + 2
+    per_image = k * k + 1
+    pred = preds.reshape(b, -1)  # (B, HW)
+    label = labels.reshape(b, -1).to(pred.device)  # (B, HW)
+    code = _bins(label, k - 1) * k + _bins(pred, k - 1)  # (B, HW) in [0, K*K)
+    code.masked_fill_(label == ignore_index, k * k)
+    code += (torch.arange(b, device=pred.device, dtype=torch.int32) * per_image)[:, None]
+    hist = torch.bincount(code.reshape(-1), minlength=b * per_image).reshape(b, per_image)
+    confusion = hist[:, : k * k].reshape(b, k, k)  # (B, label bin, pred bin)
 
-    def hist(bins: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return torch.bincount((bins + offset)[mask], minlength=b * c).reshape(b, c)
+    def fold(v: torch.Tensor) -> torch.Tensor:  # (B, K) -> (B, C): bin C joins class C - 1, "other" is dropped
+        out = v[:, :c].clone()
+        out[:, c - 1] += v[:, c]
+        return out
 
-    area_intersect = hist(pred_bin, hits)
-    area_pred = hist(pred_bin, keep & pred_in)
-    area_label = hist(label_bin, keep & label_in)
+    area_intersect = fold(confusion.diagonal(dim1=1, dim2=2))
+    area_label = fold(confusion.sum(2))
+    area_pred = fold(confusion.sum(1))
     area_union = area_pred + area_label - area_intersect
     return torch.stack([area_intersect, area_union, area_pred, area_label], dim=1)  # (B, 4, C)
 
