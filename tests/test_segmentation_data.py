@@ -214,7 +214,8 @@ def test_label_of_another_size_and_colour_labels_are_refused(cs_root: Path, tmp_
 def test_unreadable_files_give_ok_false_with_right_shapes(cs_root: Path, tmp_path: Path, damage: str) -> None:
     root = _copy(cs_root, tmp_path / damage)
     ds0 = CityscapesDataset(root, pipeline=DEMO_PIPELINE)
-    target = (root / "gtFine" / "val" / ds0.samples[3].label) if damage == "label" else ds0.image_root / ds0.samples[3].image
+    s = ds0.samples[3]
+    target = (root / "gtFine" / "val" / s.label) if damage == "label" else ds0.image_root / s.image
     data = target.read_bytes()
     target.write_bytes(b"not a png at all" if damage == "garbage" else data[: len(data) // 2])
     ds = CityscapesDataset(root, pipeline=DEMO_PIPELINE)  # building the dataset does not fail
@@ -232,7 +233,7 @@ def test_selection_defaults_and_errors() -> None:
     cells = select_cityscapes_c()
     assert len(cells) == 72 and cells[0] == ("motion_blur", 1) and ("gaussian_noise", 4) not in cells
     assert select_cityscapes_c(["pixelate"], [2]) == [("pixelate", 2)]
-    with pytest.raises(UserError, match="unknown Cityscapes-C corruption 'gausian_noise'.*did you mean 'gaussian_noise'"):
+    with pytest.raises(UserError, match="corruption 'gausian_noise'.*did you mean 'gaussian_noise'"):
         select_cityscapes_c(["gausian_noise"])
     with pytest.raises(UserError, match="severity 6"):
         select_cityscapes_c(["fog"], [6])
@@ -396,7 +397,7 @@ def test_synthetic_streets_is_deterministic_and_varied() -> None:
     c, _ = render_scene(0, "train", 5)
     assert np.array_equal(a, b) and np.array_equal(la, lb) and not np.array_equal(a, c)
     assert a.shape == (64, 128, 3) and a.dtype == np.uint8 and la.dtype == np.uint8
-    imgs, labels = SyntheticStreets("train", 40).arrays()
+    _, labels = SyntheticStreets("train", 40).arrays()
     present = set(np.unique(labels).tolist())
     assert present == set(CLASSES) | {255}
     assert 0.2 < (labels == 0).mean() + (labels == 1).mean() < 0.6  # ground covers a fair share

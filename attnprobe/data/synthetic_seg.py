@@ -86,7 +86,8 @@ def _paint(img: np.ndarray, label: np.ndarray, box: tuple[slice, slice], mask: n
     sub_label[mask] = cls
 
 
-def render_scene(seed: int, split: str, index: int, height: int = 64, width: int = 128) -> tuple[np.ndarray, np.ndarray]:
+def render_scene(seed: int, split: str, index: int, height: int = 64,
+                 width: int = 128) -> tuple[np.ndarray, np.ndarray]:
     """Render one street scene.
 
     Returns:
@@ -276,7 +277,8 @@ class SyntheticStreets:
             raise IndexError(f"index {index} is outside a split of {self.num_images} images")
         rgb, label = render_scene(self.seed, self.split, index, self.height, self.width)
         if self.condition is not None:
-            rgb = apply_condition(rgb, label, self.condition, seed=self.seed * 1_000_003 + index * 7 + SPLITS[self.split])
+            cond_seed = self.seed * 1_000_003 + index * 7 + SPLITS[self.split]
+            rgb = apply_condition(rgb, label, self.condition, seed=cond_seed)
         return rgb, label
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:

@@ -20,7 +20,8 @@ _EXPORTS = {
     "official_round": "attnprobe.segmentation.miou",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = ["IoUAccumulator", "area_fields", "areas_from_fields", "areas_to_fields", "batch_areas", "iou_from_areas",
+           "mean_iou", "official_round"]
 
 
 def __getattr__(name: str) -> Any:

@@ -169,7 +169,7 @@ def areas_from_fields(fields: Mapping[str, Any], num_classes: int = 19) -> torch
         v = float(fields[name])
         if v != round(v) or v < 0:
             raise ValueError(f"field {name!r} = {v} is not a non-negative integer count")
-        values.append(int(round(v)))
+        values.append(round(v))
     return torch.tensor(values, dtype=torch.int64).reshape(4, num_classes)
 
 
