@@ -173,3 +173,41 @@ def test_cuda_matches_cpu() -> None:
     cpu = batch_areas(pred, label)
     gpu = batch_areas(pred.cuda(), label.cuda())
     assert gpu.device.type == "cuda" and torch.equal(gpu.cpu(), cpu)
+
+
+def test_cityscapes_c_summary_reproduces_the_paper_average() -> None:
+    from attnprobe import protocol
+    from attnprobe.segmentation import cityscapes_c_summary
+
+    table = protocol.segmentation_paper_numbers()["table_IV"]
+    row = dict(zip(table["columns"], table["rows"]["+TAP & ADL"]))
+    # every severity at the paper's per-corruption value (as a fraction); noise at 1-3 only, the rest at 1-5
+    cells = {(c, s): row[c] / 100 for c in protocol.cityscapes_c_corruptions()
+             for s in protocol.cityscapes_c_severities(c)}
+    res = cityscapes_c_summary(cells)
+    assert res["complete"] and len(cells) == 72
+    assert res["average"] == pytest.approx(0.69725)
+    assert round(res["average"] * 100, 1) == row["Average mIoU on Cityscapes-C"]
+    assert res["groups"]["noise"] == pytest.approx(0.6815)
+    # the score of a corruption is the mean of its rounded severities; an incomplete run has no average
+    cells[("fog", 1)], cells[("fog", 2)] = 0.812345, 0.787655
+    del cells[("shot_noise", 3)]
+    res = cityscapes_c_summary(cells)
+    assert res["corruptions"]["fog"] == pytest.approx((0.8123 + 0.7877 + 3 * 0.80) / 5)
+    assert res["corruptions"]["shot_noise"] is None and res["groups"]["noise"] is None and res["average"] is None
+    assert res["missing"] == [("shot_noise", 3)] and not res["complete"]
+
+
+def test_acdc_summary() -> None:
+    from attnprobe.segmentation import acdc_summary
+
+    res = acdc_summary({"fog": 0.645, "night": 0.51, "rain": 0.705, "snow": 0.682})
+    assert res["average"] == pytest.approx(0.6355) and res["pooled"] is None and res["missing"] == []
+    a = torch.zeros(4, 19, dtype=torch.int64)
+    a[:, 0] = torch.tensor([1, 2, 1, 2])  # intersection 1, union 2: IoU 0.5
+    b = a.clone()
+    b[:, 0] = torch.tensor([3, 4, 3, 4])  # IoU 0.75; pooled: 4 / 6
+    res = acdc_summary({"fog": 0.5, "night": 0.75, "rain": 0.5, "snow": 0.75},
+                       areas={"fog": a, "night": b, "rain": a, "snow": b})
+    assert res["average"] == pytest.approx(0.625) and res["pooled"] == pytest.approx(8 / 12)
+    assert acdc_summary({"fog": 0.5})["average"] is None

@@ -1,4 +1,5 @@
-"""Semantic segmentation: mIoU (official MMSegmentation 0.13 rules) and its exact, chunkable accumulator.
+"""Semantic segmentation: mIoU (official MMSegmentation 0.13 rules), its exact, chunkable accumulator, and the
+Cityscapes-C / ACDC summaries.
 
 Re-exported lazily, so `import attnprobe.segmentation` stays cheap.
 """
@@ -18,10 +19,12 @@ _EXPORTS = {
     "areas_to_fields": "attnprobe.segmentation.miou",
     "areas_from_fields": "attnprobe.segmentation.miou",
     "official_round": "attnprobe.segmentation.miou",
+    "cityscapes_c_summary": "attnprobe.segmentation.scores",
+    "acdc_summary": "attnprobe.segmentation.scores",
 }
 
-__all__ = ["IoUAccumulator", "area_fields", "areas_from_fields", "areas_to_fields", "batch_areas", "iou_from_areas",
-           "mean_iou", "official_round"]
+__all__ = ["IoUAccumulator", "acdc_summary", "area_fields", "areas_from_fields", "areas_to_fields", "batch_areas",
+           "cityscapes_c_summary", "iou_from_areas", "mean_iou", "official_round"]
 
 
 def __getattr__(name: str) -> Any:
