@@ -415,10 +415,7 @@ def test_synthetic_streets_is_deterministic_and_varied() -> None:
 # with the evaluation engine: chunked, resumed, with a skipped sample = one pass over the readable samples
 # ---------------------------------------------------------------------------------------------------------------
 def test_engine_chunked_run_gives_the_single_pass_miou(cs_root: Path, tmp_path: Path) -> None:
-    try:
-        from attnprobe.engine import CellSpec, Scorer, run_cells  # type: ignore[import-not-found]
-    except ImportError:
-        from attnprobe.evaluate import CellSpec, Scorer, run_cells
+    from attnprobe.engine import CellSpec, Scorer, run_cells
     from attnprobe.segmentation import IoUAccumulator, area_fields, areas_to_fields, batch_areas, mean_iou
     from attnprobe.store import CellKey, ResultsStore
 
