@@ -107,7 +107,7 @@ def mce_cli(
     from attnprobe.evaluate import check_imagenet_c_inputs, evaluate_imagenet_c
     from attnprobe.store import ResultsStore
 
-    pairs = pair_models(model, ckpt)
+    pairs = pair_models(model, ckpt, outputs=1000, what="ImageNet-C")
     notes: list[str] = []
     if clean is not None and str(clean) == BUNDLED and not clean.exists():
         from attnprobe.data.imagenet_c import bundled_clean_folder
@@ -165,7 +165,7 @@ def clean_cli(
     from attnprobe.evaluate import evaluate_clean
     from attnprobe.store import ResultsStore
 
-    pairs = pair_models(model, ckpt)
+    pairs = pair_models(model, ckpt, outputs=1000, what="clean ImageNet accuracy")
     samples = scan_class_folders(data, what="validation folder")  # reject a bad folder before loading a model
     ctx = D.init_from_env(device=device)
     store = ResultsStore(out) if ctx.is_main else None

@@ -129,7 +129,7 @@ def mfr_cli(
     from attnprobe.data.imagenet_p_generate import APPROXIMATIONS
     from attnprobe.evaluate_extra import evaluate_imagenet_p, imagenet_p_sources, summarize_imagenet_p
 
-    pairs = pair_models(model, ckpt)
+    pairs = pair_models(model, ckpt, outputs=1000, what="ImageNet-P")
     if clean is not None and not on_the_fly:
         raise UserError("--clean needs --on-the-fly (regenerate sequences from clean images); or pass --data with "
                         "the released ImageNet-P videos")
@@ -187,7 +187,7 @@ def ood_cli(
     """Top-1 accuracy with the logits restricted to the set's 200 classes."""
     from attnprobe.evaluate_extra import evaluate_subset, subset_samples
 
-    pairs = pair_models(model, ckpt)
+    pairs = pair_models(model, ckpt, outputs=1000, what=f"ImageNet-{set_name.upper()}")
     subset_samples(data, set_name)  # reject a wrong folder or set before loading any model
     name = set_name.lower()
 
@@ -240,7 +240,7 @@ def pgd_cli(
     from attnprobe.data.folders import scan_class_folders
     from attnprobe.evaluate_extra import evaluate_pgd
 
-    pairs = pair_models(model, ckpt)
+    pairs = pair_models(model, ckpt, outputs=1000, what="PGD robust accuracy")
     scan_class_folders(data, "validation folder")  # reject a bad folder before loading any model
 
     def run(loaded: Any, store: Any, ctx: Any, progress: Any) -> Any:
