@@ -47,8 +47,8 @@ def find_store(folder: Path) -> Path:
 
     folder = Path(folder).expanduser()
     if not folder.is_dir():
-        raise UserError(f"{folder} is not a folder; pass the --out folder of an attnprobe command (it holds "
-                        f"{STORE_FILENAME})")
+        raise UserError(f"no results store at {folder} (no such folder); pass the --out folder of an attnprobe "
+                        f"command (it holds {STORE_FILENAME})")
     if (folder / STORE_FILENAME).is_file():
         return folder
     found = sorted({p.parent for pattern in (f"*/{STORE_FILENAME}", f"*/*/{STORE_FILENAME}")
