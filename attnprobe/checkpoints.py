@@ -223,6 +223,17 @@ def load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], arch: str,
     model.load_state_dict(state, strict=True)
 
 
+def load_checkpoint(model: nn.Module, path: str | Path, use_ema: bool = False) -> str:
+    """Load a checkpoint file (or a model folder's weights) strictly into `model`; returns the file's sha256.
+
+    `attnprobe.load_checkpoint(model, "finetuned.pth")` for a model built elsewhere; `attnprobe.create_model(name,
+    checkpoint=...)` builds and loads in one step (and sizes the classifier from the checkpoint).
+    """
+    file = weights_file(path)
+    load_weights(model, read_state_dict(file, use_ema=use_ema), arch=type(model).__name__, source=str(file))
+    return file_sha256(file)
+
+
 def cache_dir() -> Path:
     """Where downloaded checkpoints live: `$ATTNPROBE_CACHE` or `~/.cache/attnprobe/checkpoints`."""
     return Path(os.environ.get("ATTNPROBE_CACHE", Path.home() / ".cache" / "attnprobe" / "checkpoints"))

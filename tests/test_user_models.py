@@ -274,3 +274,14 @@ def test_report_accepts_the_folder_above_the_store(tmp_path: Path) -> None:
     assert code == 0, err
     code, _, err = invoke("report", run)
     assert "several results stores" in one_line_error(code, err)
+
+
+def test_load_checkpoint_into_a_model_built_elsewhere(finetuned: tuple[Path, torch.nn.Module]) -> None:
+    import attnprobe
+
+    path, src = finetuned
+    model = timm.create_model(ARCH, num_classes=10).eval()
+    assert attnprobe.load_checkpoint(model, path) == checkpoints.file_sha256(path)
+    assert all(torch.equal(v, src.state_dict()[k]) for k, v in model.state_dict().items())
+    with pytest.raises(UserError, match="does not fit"):
+        attnprobe.load_checkpoint(timm.create_model(ARCH, num_classes=3), path)
