@@ -165,7 +165,7 @@ def peek_shapes(path: str | Path, use_ema: bool = False) -> dict[str, tuple[int,
 
         try:
             with safe_open(str(p), framework="pt") as f:
-                shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+                shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 - not a dict
         except Exception as e:  # noqa: BLE001
             raise UserError(f"cannot read checkpoint {p} ({_first_line(e)}); is it a complete .safetensors file?") \
                 from None

@@ -119,8 +119,12 @@ def fetch(repo: str, names: Sequence[str], fix: str) -> Path:
         return found
     require_online(f"hf-hub:{repo} ({' or '.join(names[:2])})", fix)
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import (EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError,
-                                        RevisionNotFoundError)
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     repo_id, revision = split_revision(repo)
     for name in names:

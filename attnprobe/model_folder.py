@@ -18,6 +18,7 @@ from attnprobe.errors import UserError
 
 HUB_PREFIX = "hf-hub:"
 LOCAL_PREFIX = "local-dir:"
+_HUB_ALIAS = "hf_hub:"  # timm's older spelling, still accepted by timm.create_model
 _PATH_CHARS = ("/", "\\")
 CONFIG_NAME = "config.json"
 
@@ -49,15 +50,15 @@ class FolderModel:
         from attnprobe import checkpoints, hub
 
         if self.repo is not None:
-            fix = (f"download the model folder (config.json + model.safetensors) elsewhere and pass --model "
-                   f"local-dir:PATH, or pass the weights with --ckpt PATH")
+            fix = ("download the model folder (config.json + model.safetensors) elsewhere and pass --model "
+                   "local-dir:PATH, or pass the weights with --ckpt PATH")
             return hub.fetch(self.repo, hub.WEIGHTS_NAMES[:2], fix)
         return checkpoints.weights_file(self.folder)  # type: ignore[arg-type]
 
 
 def looks_like_folder(name: str) -> bool:
     """Whether `name` names a model folder rather than a zoo or timm name (a prefix or a path separator)."""
-    return name.startswith((HUB_PREFIX, LOCAL_PREFIX, "~", ".")) or any(c in name for c in _PATH_CHARS)
+    return name.startswith((HUB_PREFIX, _HUB_ALIAS, LOCAL_PREFIX, "~", ".")) or any(c in name for c in _PATH_CHARS)
 
 
 def resolve_folder(spec: str) -> FolderModel:
@@ -66,7 +67,7 @@ def resolve_folder(spec: str) -> FolderModel:
     Raises:
         UserError: no such folder, no `config.json`, an unreadable config, or a hub model that cannot be fetched.
     """
-    if spec.startswith(HUB_PREFIX):
+    if spec.startswith((HUB_PREFIX, _HUB_ALIAS)):
         repo = spec[len(HUB_PREFIX):].strip()
         if not repo:
             raise UserError("hf-hub: needs a repository, e.g. --model hf-hub:timm/vit_base_patch16_224.augreg_in1k")

@@ -127,7 +127,7 @@ def test_local_dir_and_folder_path_load_like_timm(hf_folder: tuple[Path, torch.n
 
 
 def test_folder_as_ckpt_and_as_cli_model(hf_folder: tuple[Path, torch.nn.Module], tmp_path: Path) -> None:
-    folder, src = hf_folder
+    folder, _ = hf_folder
     loaded = zoo.load_model("vit_tiny_patch16_224", checkpoint=folder, img_size=32, depth=2)
     assert loaded.model.num_classes == 7  # the head comes from the folder's weights
     code, out, err = invoke("heads", "--model", f"local-dir:{folder}", "--n", "1", "--out", tmp_path, "--json")

@@ -49,7 +49,7 @@ def pair_models(models: Sequence[str] | None, ckpts: Sequence[str | Path] | None
     if given and len(given) != len(models):
         raise UserError(f"got {len(models)} --model but {len(given)} --ckpt; give one --ckpt per --model, in the "
                         "same order ('-' for random weights), or none to use each model's published weights")
-    pairs = list(zip(models, given or [None] * len(models)))
+    pairs = list(zip(models, given or [None] * len(models), strict=True))
     for name, ckpt in pairs:
         args = weights_arguments(ckpt)
         if "checkpoint" in args:
