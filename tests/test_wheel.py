@@ -90,15 +90,22 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def test_sdist_and_wheel_carry_every_runtime_file(built: dict[str, Path]) -> None:
-    models = sorted(p.relative_to(REPO / "models").as_posix() for p in (REPO / "models").rglob("*") if p.is_file())
-    protocol = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "attnprobe").rglob("*.json"))
+    def files(folder: Path) -> list[str]:
+        rel = (p.relative_to(folder) for p in folder.rglob("*") if p.is_file() and not p.name.endswith(".pyc"))
+        return sorted(r.as_posix() for r in rel if not any(part.startswith((".", "__pycache__", "_models"))
+                                                           for part in r.parts))
+
+    models = files(REPO / "models")
+    package = [f"attnprobe/{f}" for f in files(REPO / "attnprobe")]  # code and data (protocol JSON, ...)
     assert any(m.endswith(".safetensors") for m in models) and any(m.endswith(".toml") for m in models)
+    assert "attnprobe/protocol/imagenet_c_corruptions.json" in package
     with tarfile.open(built["sdist"]) as tar:
         in_sdist = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
-    assert {f"models/{m}" for m in models} <= in_sdist and set(protocol) <= in_sdist
+    assert {f"models/{m}" for m in models} <= in_sdist and set(package) <= in_sdist
     with zipfile.ZipFile(built["wheel"]) as whl:
         in_wheel = set(whl.namelist())
-    assert {f"attnprobe/_models/{m}" for m in models} <= in_wheel and set(protocol) <= in_wheel
+    assert {f"attnprobe/_models/{m}" for m in models} <= in_wheel
+    assert set(package) <= in_wheel, sorted(set(package) - in_wheel)
     assert not any(n.startswith("models/") for n in in_wheel)  # no top-level `models` package in site-packages
 
 
