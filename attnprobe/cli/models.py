@@ -111,7 +111,7 @@ def info_cli(
                              "pass --ckpt PATH to check a file)",
                "timm": "timm's pretrained weights (cached)"}.get(loaded.weights, loaded.checkpoint_path)
     console.print(f"  weights        {weights}")
-    console.print(f"  sha256         {loaded.checkpoint_sha256}")
+    console.print(f"  sha256         {'-' if loaded.weights == 'not-loaded' else loaded.checkpoint_sha256}")
     console.print(f"  preprocessing  {loaded.preprocessing.key()}")
     kinds: dict[str, int] = {}
     for layer in layers:
