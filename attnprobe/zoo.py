@@ -31,7 +31,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 RANDOM_INIT = "random-init"
 
 # Modules that register architectures into timm on import (optional ones may be absent in a trimmed install).
-_ARCH_MODULES = ("attnprobe.archs", "attnprobe.archs_demo")
+_ARCH_MODULES = ("attnprobe.archs", "attnprobe.archs_demo", "attnprobe.segmentation.model")
 
 
 @dataclass(frozen=True)

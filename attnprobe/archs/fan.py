@@ -32,13 +32,25 @@ __all__ = ["FAN", "FANBlock", "ClassAttentionBlock", "ChannelProcessing", "Posit
 
 
 class PositionalEncodingFourier(nn.Module):
-    """Sine/cosine features of the normalised (y, x) grid position, projected by a 1x1 conv to ``dim``."""
+    """Sine/cosine features of the normalised (y, x) grid position, projected by a 1x1 conv to ``dim``.
 
-    def __init__(self, hidden_dim: int = 32, dim: int = 768, temperature: float = 10000.0) -> None:
+    Args:
+        hidden_dim: sine/cosine features per axis.
+        dim: output channels.
+        temperature: base of the frequencies.
+        paired_frequencies: feature i has frequency ``temperature ** (2 * floor(i / 2) / hidden_dim)`` (each sine/cosine
+            pair shares one; the official classification code). False: ``temperature ** (i / hidden_dim)``, what the
+            official segmentation backbones compute (they call ``torch.div(dim_t, 2)`` without floor rounding), so
+            the released segmentation checkpoints need it.
+    """
+
+    def __init__(self, hidden_dim: int = 32, dim: int = 768, temperature: float = 10000.0,
+                 paired_frequencies: bool = True) -> None:
         super().__init__()
         self.token_projection = nn.Conv2d(hidden_dim * 2, dim, kernel_size=1)
         self.hidden_dim = hidden_dim
         self.temperature = temperature
+        self.paired_frequencies = paired_frequencies
         self.eps = 1e-6
 
     def fourier_features(self, H: int, W: int, device: torch.device) -> torch.Tensor:
@@ -49,7 +61,11 @@ class PositionalEncodingFourier(nn.Module):
         y = y / (H + self.eps) * scale  # (H,)
         x = x / (W + self.eps) * scale  # (W,)
         dim_t = torch.arange(self.hidden_dim, dtype=torch.float32, device=device)
-        dim_t = self.temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / self.hidden_dim)
+        if self.paired_frequencies:
+            dim_t = torch.div(dim_t, 2, rounding_mode="floor")
+        else:
+            dim_t = dim_t / 2
+        dim_t = self.temperature ** (2 * dim_t / self.hidden_dim)
         pos_y = y[:, None] / dim_t  # (H, hidden)
         pos_x = x[:, None] / dim_t  # (W, hidden)
         # interleave sin of even and cos of odd frequencies: [sin f0, cos f1, sin f2, cos f3, ...]
@@ -274,6 +290,7 @@ class FAN(nn.Module):
         num_scales: TAP branches K per block; 0 disables TAP (plain FAN).
         head_init_scale: multiplier of the initial head weights.
         global_pool: "token" (the class token, official), "avg" (mean of the patch tokens) or "" (no pooling).
+        pos_paired_frequencies: see ``PositionalEncodingFourier``; False for the official segmentation backbones.
 
     Features (``feature_info``, ``forward_intermediates``, ``features_only=True``), in network order: the output of
     every ConvNeXt stem stage (hybrids only; stride 4, 8, ...), the patch tokens after every FAN block (stride 16 for
@@ -286,7 +303,7 @@ class FAN(nn.Module):
                  drop_rate: float = 0.0, attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0,
                  backbone: Optional[Dict[str, Any]] = None, hybrid_patch_size: int = 2, cls_attn_layers: int = 2,
                  eta: float = 1.0, tokens_norm: bool = True, num_scales: int = 0, head_init_scale: float = 1.0,
-                 global_pool: str = "token") -> None:
+                 global_pool: str = "token", pos_paired_frequencies: bool = True) -> None:
         super().__init__()
         if global_pool not in ("token", "avg", ""):
             raise ValueError(f"global_pool must be 'token', 'avg' or '', got {global_pool!r}")
@@ -309,7 +326,7 @@ class FAN(nn.Module):
             stem_info = [dict(num_chs=c, reduction=r, module=f"patch_embed.backbone.stages.{i}")
                          for i, (c, r) in enumerate(zip(stem.stage_channels, stem.stage_reductions))]
         self.num_stem_features = len(stem_info)
-        self.pos_embed = PositionalEncodingFourier(dim=embed_dim)
+        self.pos_embed = PositionalEncodingFourier(dim=embed_dim, paired_frequencies=pos_paired_frequencies)
         self.pos_drop = nn.Dropout(drop_rate)
         self.blocks = nn.ModuleList([
             FANBlock(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, drop_path_rate, eta,

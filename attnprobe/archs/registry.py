@@ -79,10 +79,11 @@ def build_from_config(config: dict[str, Any]) -> nn.Module:
     """Build a randomly initialised model from an official-style config dict (as stored in the fixtures).
 
     Args:
-        config: ``{"family": one of FAMILIES, **constructor arguments}``; FAN keys follow the official FAN
-            constructor (``embed_dim``, ``depth``, ``num_heads``, ``backbone={"depths", "dims"}``, ``num_scales``,
-            ...), RVT keys the official ``PoolingTransformer`` (``base_dims``, ``depth``, ``heads``, ``use_mask``,
-            ``masked_block``, ``num_scales``, ...). Options the official code accepts but ignores (``sr_ratio``,
+        config: ``{"family": one of FAMILIES, **constructor arguments}``, or a segmentation config (one with a
+            ``decode_head``; see ``attnprobe.segmentation.model.build_segmentor_from_config``). FAN keys follow the
+            official FAN constructor (``embed_dim``, ``depth``, ``num_heads``, ``backbone={"depths", "dims"}``,
+            ``num_scales``, ...), RVT keys the official ``PoolingTransformer`` (``base_dims``, ``depth``, ``heads``,
+            ``use_mask``, ``masked_block``, ``num_scales``, ...). Options the official code accepts but ignores (``sr_ratio``,
             ``sharpen_attn``, ``use_head``) are accepted and ignored.
 
     Returns:
@@ -91,6 +92,10 @@ def build_from_config(config: dict[str, Any]) -> nn.Module:
     Raises:
         UserError: unknown family or invalid arguments.
     """
+    if "decode_head" in config:  # an official segmentation config (EncoderDecoder: backbone + decode head)
+        from attnprobe.segmentation.model import build_segmentor_from_config
+
+        return build_segmentor_from_config(config)
     config = copy.deepcopy(dict(config))
     family = config.get("family")
     if family not in FAMILIES:
