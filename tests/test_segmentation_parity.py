@@ -210,7 +210,7 @@ def test_tap_fan_whole_image_works_where_the_official_code_raises() -> None:
     assert f"RuntimeError: {err.value}" == ref["whole_wide_error"]  # the official failure, reproduced
 
     def unfold_with_true_grid(self: TokenAwarePooling, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        B, N, C = x.shape
+        B, _, C = x.shape
         fmap = x.transpose(1, 2).reshape(B, C, *grid)  # (B, C, H, W), the official layout with the true (H, W)
         return tap_reference_unfold(self, fmap).flatten(2).transpose(1, 2)  # (B, N, C)
 

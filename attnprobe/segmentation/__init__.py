@@ -27,7 +27,8 @@ _EXPORTS = {
     "mean_iou": "attnprobe.segmentation.miou",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = ["EncoderDecoder", "SEGMENTORS", "SegFormerHead", "build_segmentor", "build_segmentor_from_config", "infer",
+           "mean_iou", "segmentor_from_backbone", "slide_count", "slide_inference", "slide_windows", "whole_inference"]
 
 
 def __getattr__(name: str) -> Any:
