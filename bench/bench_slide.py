@@ -1,8 +1,9 @@
 """Cost and peak memory of our sliding-window segmentation inference, in one interleaved run.
 
 The official protocol slides 1024x1024 windows with stride 768 over 2048x1024 Cityscapes images (3 windows). This
-script keeps that geometry at a smaller scale (default --scale 0.25: a 512x256 image, 256 windows, stride 192; --scale 1 is the
-real size) with a small TAP-FAN-Hybrid + SegFormer model (random weights, eval mode, inference mode) and measures:
+script keeps that geometry at a smaller scale (default --scale 0.25: a 512x256 image, 256 windows, stride 192;
+--scale 1 is the real size) with a small TAP-FAN-Hybrid + SegFormer model (random weights, eval mode, inference mode)
+and measures:
 
 1. Time (best of N interleaved rounds): ``attnprobe.segmentation.infer(mode="slide")`` against the sum of the
    separate forward passes of its windows (the work that cannot be avoided), plus the official loop (every window's
@@ -144,7 +145,8 @@ def main() -> None:
     windows = slide_windows(x.shape[2], x.shape[3], crop, stride)
     crops = [x[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in windows]
     sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
+    cpu = platform.processor() or platform.machine()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu}, "
           f"device {args.device}, image {x.shape[3]}x{x.shape[2]}, {len(windows)} windows of {crop[1]}x{crop[0]}, "
           f"stride {stride[0]}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M-parameter TAP-FAN-Hybrid "
           f"+ SegFormer, best of {args.repeats} interleaved rounds, load average {os.getloadavg()[0]:.1f} on "

@@ -83,8 +83,8 @@ def build_from_config(config: dict[str, Any]) -> nn.Module:
             ``decode_head``; see ``attnprobe.segmentation.model.build_segmentor_from_config``). FAN keys follow the
             official FAN constructor (``embed_dim``, ``depth``, ``num_heads``, ``backbone={"depths", "dims"}``,
             ``num_scales``, ...), RVT keys the official ``PoolingTransformer`` (``base_dims``, ``depth``, ``heads``,
-            ``use_mask``, ``masked_block``, ``num_scales``, ...). Options the official code accepts but ignores (``sr_ratio``,
-            ``sharpen_attn``, ``use_head``) are accepted and ignored.
+            ``use_mask``, ``masked_block``, ``num_scales``, ...). Options the official code accepts but ignores
+            (``sr_ratio``, ``sharpen_attn``, ``use_head``) are accepted and ignored.
 
     Returns:
         The model (train mode, like any freshly built nn.Module).

@@ -179,7 +179,7 @@ class RVT(nn.Module):
         total = sum(depth)
         self.transformers = nn.ModuleList()
         self.pools = nn.ModuleList()
-        self.feature_info: List[Dict[str, Any]] = []
+        self.feature_info = []
         reduction = 4 if patch_size == 4 else 16
         idx = 0
         for s, (width, n_blocks, n_heads) in enumerate(zip(widths, depth, heads)):

@@ -101,7 +101,8 @@ def official_feature_indices(backbone: FAN, out_idx: int) -> List[int]:
     if n_stem == 0:
         return [i for i in VIT_SEG_OUT_INDEX if i < backbone.depth] + [last]
     if not 0 <= out_idx < backbone.depth:
-        raise UserError(f"out_idx {out_idx} is not a block of this {backbone.depth}-block FAN; use 0..{backbone.depth - 1}")
+        raise UserError(f"out_idx {out_idx} is not a block of this {backbone.depth}-block FAN; "
+                        f"use 0..{backbone.depth - 1}")
     return [*range(n_stem), n_stem + out_idx, last]
 
 
@@ -207,7 +208,8 @@ def build_segmentor(name: str, num_classes: int = 19, decoder_embed_dim: int = 7
                                     channels=head_channels, dropout_ratio=dropout_ratio,
                                     test_cfg=test_cfg or CITYSCAPES_TEST_CFG)
     model.pretrained_cfg = {
-        "architecture": name, "num_classes": num_classes, "input_size": (3, *model.test_cfg.get("crop_size", (1024,) * 2)),
+        "architecture": name, "num_classes": num_classes,
+        "input_size": (3, *model.test_cfg.get("crop_size", (1024, 1024))),
         "interpolation": "bilinear", "crop_pct": 1.0, "mean": tuple(m / 255 for m in CITYSCAPES_MEAN),
         "std": tuple(s / 255 for s in CITYSCAPES_STD), "first_conv": "backbone.patch_embed.backbone.stem.0",
         "classifier": "decode_head.linear_pred",
