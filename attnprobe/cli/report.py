@@ -67,6 +67,9 @@ def report_cli(
     corruption: Optional[str] = _CORRUPTION,
     severity: Optional[int] = _SEVERITY,
     layer: int = _LAYER,
+    source: Optional[str] = typer.Option(None, "--source", help="Data source Table 2 shows where the store holds "
+                                         "several: released, or regenerated (= on-the-fly); default: the full set "
+                                         "first, then released data. Every source is listed apart either way."),
     n_bootstrap: int = _BOOT,
     seed: int = _SEED,
     json_out: bool = _JSON,
@@ -77,7 +80,7 @@ def report_cli(
     out_dir = out if out is not None else Path(results_dir) / "report"
     res = build_report(results_dir, out_dir, baseline=baseline, ce_reference=ce_reference, formats=_formats(fmt),
                        n_resamples=n_bootstrap, seed=seed, condition=corruption, severity=severity, layer=layer,
-                       models=model)
+                       models=model, source=source)
     if json_out:
         print_json(res.as_dict())
         return

@@ -274,6 +274,7 @@ class MapRef:
     severity: int
     clean_path: str | None
     corrupted_path: str | None
+    num_layers: int | None = None
 
 
 @dataclass
@@ -351,18 +352,22 @@ def attention_map_refs(store: ResultsStore) -> list[MapRef]:
     plus a clean-only ref for images that have no corrupted file."""
     shas = _shas_per_model(store)
     groups: dict[tuple, dict[tuple[str, int], str]] = {}
+    depth: dict[tuple, int] = {}
     for a in store.artifacts(kind=ATTENTION_MAPS_KIND):
         g = groups.setdefault((a["model"], a["checkpoint_sha256"], a["dataset"], a["image"]), {})
         g[(a["condition"], int(a["severity"]))] = a["abspath"]
+        if isinstance(a["meta"].get("num_layers"), int):
+            depth[(a["model"], a["checkpoint_sha256"])] = a["meta"]["num_layers"]
     refs = []
     for (model, sha, dataset, image), files in sorted(groups.items()):
         key = run_key(model, sha, shas.get(model, 1) > 1)
         clean = files.get(("clean", 0))
         corrupted = [(c, s) for c, s in files if c != "clean"]
+        layers = depth.get((model, sha))
         for c, s in sorted(corrupted):
-            refs.append(MapRef(key, model, sha, dataset, image, c, s, clean, files[(c, s)]))
+            refs.append(MapRef(key, model, sha, dataset, image, c, s, clean, files[(c, s)], layers))
         if clean is not None and not corrupted:
-            refs.append(MapRef(key, model, sha, dataset, image, "clean", 0, clean, None))
+            refs.append(MapRef(key, model, sha, dataset, image, "clean", 0, clean, None, layers))
     return refs
 
 
@@ -374,15 +379,16 @@ def load_attention_pair(ref: MapRef) -> AttentionMaps | None:
     if base is None or base["attn"] is None or (corrupt is not None and corrupt["attn"] is None):
         return None
     if clean is None:  # only the corrupted file exists: draw it as the single map available
-        return AttentionMaps(ref.key, ref.model, ref.checkpoint_sha256, ref.dataset, ref.image, ref.condition,
-                             ref.severity, None, corrupt["image"], corrupt["attn"], None,  # type: ignore[index]
-                             corrupt["prefix_tokens"], corrupt["meta"])  # type: ignore[index]
+        clean, corrupt = corrupt, None
+        image_clean, image_corrupted = None, clean["image"]
+    else:
+        image_clean, image_corrupted = clean["image"], corrupt["image"] if corrupt is not None else None
     maps_c = corrupt["attn"] if corrupt is not None else None
     if maps_c is not None and maps_c.shape != clean["attn"].shape:
         maps_c = None  # different layer layouts cannot be compared panel by panel
     return AttentionMaps(ref.key, ref.model, ref.checkpoint_sha256, ref.dataset, ref.image, ref.condition,
-                         ref.severity, clean["image"], corrupt["image"] if corrupt is not None else None,
-                         clean["attn"], maps_c, clean["prefix_tokens"], clean["meta"])
+                         ref.severity, image_clean, image_corrupted, clean["attn"], maps_c, clean["prefix_tokens"],
+                         clean["meta"])
 
 
 def load_attention_maps(store: ResultsStore, keys: Iterable[str] | None = None, image: str | None = None,
