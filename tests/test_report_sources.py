@@ -175,6 +175,6 @@ def test_models_on_different_sources_are_lettered_and_not_subtracted(tmp_path: P
     assert "ᵃ released ImageNet-C" in notes and "ᵇ ImageNet-C generated on the fly (backend torch)" in notes
     # clean accuracy on 3 images and PGD on 8 (a --limit run) are marked and their counts stated
     assert t.display["Clean acc. ↑"]["a"].split(" ± ")[1].endswith("†")
-    assert "Clean acc.: clean images, image folder, n = 3 images." in t.notes
-    assert "PGD: --limit 8 subset of PGD, image folder, n = 8 images." in t.notes
+    assert "Clean acc.: clean images in /val, n = 3 images." in t.notes
+    assert "PGD: --limit 8 subset of PGD-5 on clean images, n = 8 images." in t.notes
     assert T.to_latex(t).count(r"$^b$") >= 1

@@ -92,17 +92,23 @@ class Source:
         return self.kind, self.backend, self.limit, self.setting
 
     def words(self) -> str:
-        """'released ImageNet-P', 'ImageNet-C generated on the fly (backend torch)', '--limit 2 subset of ...'."""
+        """'released ImageNet-P', 'ImageNet-C generated on the fly (backend torch)', 'clean images in /data/val',
+        '--limit 2 subset of ...'."""
         name = TASK_NAMES.get(self.task, self.task)
-        if self.kind == "released" and self.family == "released":
+        if self.task == "pgd":
+            name = f"PGD ({self.setting})" if self.setting else "PGD-5"
+        if self.family == "released":
             text = f"released {name}"
         elif self.kind in ("regenerated", "on_the_fly"):
             text = f"{name} {_KIND_WORDS[self.kind]}"
             if self.backend:
                 text += f" (backend {self.backend})"
+        elif self.kind == "folder":
+            text = (f"{name} on clean images" if self.task == "pgd" else name) + (f" in {self.root}" if self.root
+                                                                                   else "")
         else:
             text = f"{name}, {_KIND_WORDS.get(self.kind, self.kind)}"
-        if self.setting:
+        if self.setting and self.task != "pgd":
             text += f", {self.setting}"
         if self.limit is not None:
             text = f"--limit {self.limit} subset of {text}"
