@@ -415,9 +415,8 @@ def build_report(results_dir: str | Path, out_dir: str | Path, baseline: str | N
     with open_store(results_dir) as store:
         data = load_report_data(store, baseline=baseline, models=models)
     _check_request(data, out, condition, layer)
+    # NOTE: folders are made by the first file written into them, so a refused request leaves nothing behind
     fig_dir, tab_dir = out / "figures", out / "tables"
-    fig_dir.mkdir(parents=True, exist_ok=True)
-    tab_dir.mkdir(parents=True, exist_ok=True)
     page = _Page(data, tab_dir)
     summary = _counting_section(page, fig_dir, formats, ce_reference, n_resamples, seed, family)
     stab = _diagnostics_section(page, condition, severity, n_resamples, seed)
@@ -438,6 +437,7 @@ def build_report(results_dir: str | Path, out_dir: str | Path, baseline: str | N
              f"{'AlexNet' if ce_reference.lower() == 'alexnet' else labels.get(ce_reference, ce_reference)}."
              + (f" Data source asked for: {source}." if family else "")]
     index = out / "index.html"
+    out.mkdir(parents=True, exist_ok=True)
     index.write_text(render_index(out, title, intro, _runs_table(data), page.tables, figures, page.notes),
                      encoding="utf-8")
     return ReportResult(out_dir=out, index=index, figures=figures, tables=page.tables, notes=page.notes)
@@ -546,6 +546,7 @@ def _heatmap_entry(page: _Page, summary: CountingSummary, fig_dir: Path, formats
                           else ""}
                          for k, cs in summary.errors.items() for c, ss in cs.items() for s, e in ss.items()])
     p = page.tab_dir / "imagenet_c_errors.csv"
+    p.parent.mkdir(parents=True, exist_ok=True)
     grid.to_csv(p, index=False, float_format="%.4g")
     fig = F.fig_corruption_heatmap(summary.errors, data.styles)
     return FigureEntry(
