@@ -44,6 +44,10 @@ def test_cell_source_reads_fingerprint_and_info() -> None:
     assert cell_source("pgd", "imagenet_val:1", {}, "pgd-eps2-step1-steps10-seed0").setting is not None
     assert cell_source("pgd", "imagenet_val:1", {}, "pgd5").setting is None
     assert cell_source("imagenet_p", "imagenet_p:1", {}, "rotate", 2).setting == "difficulty 2"
+    demo = cell_source("imagenet_c", "synthetic-shapes-v1:seed=0:val:64px:first=300", {"source": "on_the_fly"})
+    assert demo.words() == "ImageNet-C generated on the fly from synthetic shapes"
+    assert cell_source("clean", "synthetic-shapes-v1:x", {"source": "synthetic"}).words() == \
+        "clean images of the synthetic shapes set"
     assert parse_source("on-the-fly") == parse_source("regenerated") == "generated"
     assert parse_source(None) is None
     with pytest.raises(UserError, match="--source 'bogus'"):
@@ -65,7 +69,7 @@ def test_choose_group_prefers_full_then_released(tmp_path: Path) -> None:
                                 "full": {"kind": "imagenet_p", "n": 300, "regenerated": False}})
     groups = group_cells(cells)[("m", "imagenet_p")]
     assert len(groups) == 3
-    assert choose_group(groups).source.signature == ("released", None, None, None)
+    assert choose_group(groups).source.signature == ("released", None, None, None, None)
     assert choose_group(groups, "generated").source.kind == "regenerated"
     only_subset = [g for g in groups if g.source.subset]
     assert choose_group(only_subset).source.limit == 2  # a subset is shown when it is all there is (and marked)

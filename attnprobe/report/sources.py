@@ -66,6 +66,7 @@ class Source:
         limit: the `--limit` of a subset run (None: the full set).
         root: the data folder, when recorded.
         setting: a benchmark setting that changes the number (the PGD attack), when not the standard one.
+        origin: what the images are when not ImageNet's (the demo's synthetic shapes).
     """
 
     task: str
@@ -74,6 +75,7 @@ class Source:
     limit: int | None = None
     root: str | None = None
     setting: str | None = None
+    origin: str | None = None
 
     @property
     def subset(self) -> bool:
@@ -87,9 +89,9 @@ class Source:
         return "generated" if self.kind in ("regenerated", "on_the_fly") else "other"
 
     @property
-    def signature(self) -> tuple[str, str | None, int | None, str | None]:
+    def signature(self) -> tuple[str, str | None, int | None, str | None, str | None]:
         """What two runs must share for their numbers to be compared (the root may differ between machines)."""
-        return self.kind, self.backend, self.limit, self.setting
+        return self.kind, self.backend, self.limit, self.setting, self.origin
 
     def words(self) -> str:
         """'released ImageNet-P', 'ImageNet-C generated on the fly (backend torch)', 'clean images in /data/val',
@@ -106,8 +108,12 @@ class Source:
         elif self.kind == "folder":
             text = (f"{name} on clean images" if self.task == "pgd" else name) + (f" in {self.root}" if self.root
                                                                                    else "")
+        elif self.kind == "synthetic":
+            text = f"{name} of the {self.origin or 'synthetic'} set"
         else:
             text = f"{name}, {_KIND_WORDS.get(self.kind, self.kind)}"
+        if self.origin and self.kind != "synthetic":
+            text += f" from {self.origin}"
         if self.setting and self.task != "pgd":
             text += f", {self.setting}"
         if self.limit is not None:
@@ -161,8 +167,11 @@ def cell_source(task: str, dataset: str, info: Mapping[str, Any] | None, conditi
     elif task == "imagenet_p" and int(severity) > 1:
         setting = f"difficulty {int(severity)}"
     root = info.get("root")
+    prefix = dataset.split(":", 1)[0]
+    origin = "synthetic shapes" if prefix.startswith("synthetic-shapes") else (
+        "synthetic images" if prefix.startswith("synthetic") else None)
     return Source(task=task, kind=_kind(dataset, info), backend=backend, limit=_limit(info),
-                  root=str(root) if root else None, setting=setting)
+                  root=str(root) if root else None, setting=setting, origin=origin)
 
 
 def parse_source(value: str | None) -> str | None:
