@@ -30,6 +30,7 @@ __all__ = [
     "flip_probability",
     "imagenet_c_errors",
     "MapRef",
+    "MapsOrigin",
     "attention_map_refs",
     "load_attention_maps",
     "load_attention_pair",
@@ -260,10 +261,9 @@ def _as_fraction(v: float) -> float:
 
 
 @dataclass(frozen=True)
-class MapRef:
-    """Where the maps of one model on one image are: the clean file and, for a corruption, the corrupted file.
-
-    Nothing is read until `load_attention_pair`: a store may hold many large map files, a figure needs a few."""
+class MapsOrigin:
+    """Whose attention maps, on which image and corruption: run key, model, checkpoint_sha256, dataset, image,
+    condition, severity (`condition = "clean"` when there is no corrupted counterpart)."""
 
     key: str
     model: str
@@ -272,18 +272,25 @@ class MapRef:
     image: str
     condition: str
     severity: int
-    clean_path: str | None
-    corrupted_path: str | None
+
+
+@dataclass(frozen=True)
+class MapRef(MapsOrigin):
+    """Where the maps of one model on one image are: the clean file and, for a corruption, the corrupted file.
+
+    Nothing is read until `load_attention_pair`: a store may hold many large map files, a figure needs a few.
+    `num_layers` is the depth the store recorded for the files (None when it did not)."""
+
+    clean_path: str | None = None
+    corrupted_path: str | None = None
     num_layers: int | None = None
 
 
-@dataclass
-class AttentionMaps:
-    """Saved attention maps of one model on one image, clean and (optionally) corrupted.
+@dataclass(frozen=True)
+class AttentionMaps(MapsOrigin):
+    """Saved attention maps of one model on one image, clean and (optionally) corrupted (see `MapsOrigin`).
 
     Attributes:
-        key: run key; model, checkpoint_sha256, dataset, image, condition, severity: where the maps come from
-            (`condition = "clean"` when there is no corrupted counterpart).
         image_clean, image_corrupted: uint8 (H, W, 3) model inputs (None when not stored).
         maps_clean, maps_corrupted: float32 (L, H, N, N) post-softmax token attention per layer and head, with the
             class/distillation tokens removed (patch tokens only, like the paper's 196 x 196 maps).
@@ -291,17 +298,10 @@ class AttentionMaps:
         meta: the clean file's metadata.
     """
 
-    key: str
-    model: str
-    checkpoint_sha256: str
-    dataset: str
-    image: str
-    condition: str
-    severity: int
-    image_clean: np.ndarray | None
-    image_corrupted: np.ndarray | None
-    maps_clean: np.ndarray
-    maps_corrupted: np.ndarray | None
+    image_clean: np.ndarray | None = None
+    image_corrupted: np.ndarray | None = None
+    maps_clean: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0, 0), dtype=np.float32))
+    maps_corrupted: np.ndarray | None = None
     prefix_tokens: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -386,9 +386,10 @@ def load_attention_pair(ref: MapRef) -> AttentionMaps | None:
     maps_c = corrupt["attn"] if corrupt is not None else None
     if maps_c is not None and maps_c.shape != clean["attn"].shape:
         maps_c = None  # different layer layouts cannot be compared panel by panel
-    return AttentionMaps(ref.key, ref.model, ref.checkpoint_sha256, ref.dataset, ref.image, ref.condition,
-                         ref.severity, image_clean, image_corrupted, clean["attn"], maps_c, clean["prefix_tokens"],
-                         clean["meta"])
+    origin = {f: getattr(ref, f) for f in MapsOrigin.__dataclass_fields__}
+    return AttentionMaps(**origin, image_clean=image_clean, image_corrupted=image_corrupted,
+                         maps_clean=clean["attn"], maps_corrupted=maps_c, prefix_tokens=clean["prefix_tokens"],
+                         meta=clean["meta"])
 
 
 def load_attention_maps(store: ResultsStore, keys: Iterable[str] | None = None, image: str | None = None,
