@@ -45,10 +45,10 @@ def _model_args(items: list[str]) -> dict[str, Any]:
 #: `train` options that define a run -> its `TrainConfig` field; a resumed run keeps them (given again, they must
 #: agree with the stored run).
 _RUN_OPTIONS = {"arch": "arch", "tap": "tap", "adl_weight": "adl_weight", "adl_tau": "adl_tau",
-                "adl_variant": "adl_variant", "data": "data", "epochs": "epochs", "batch_size": "batch_size", "lr": "lr",
-                "weight_decay": "weight_decay", "warmup_epochs": "warmup_epochs", "img_size": "img_size",
-                "train_images": "train_images", "val_images": "val_images", "seed": "seed", "model_arg": "model_kwargs",
-                "init": "init", "name": "name"}
+                "adl_variant": "adl_variant", "data": "data", "epochs": "epochs", "batch_size": "batch_size",
+                "lr": "lr", "weight_decay": "weight_decay", "warmup_epochs": "warmup_epochs", "img_size": "img_size",
+                "train_images": "train_images", "val_images": "val_images", "seed": "seed",
+                "model_arg": "model_kwargs", "init": "init", "name": "name"}
 #: `train` options a resumed run may change: they do not change what is computed.
 _SESSION_OPTIONS = {"save_every": "save_every", "threads": "threads", "device": "device"}
 

@@ -349,10 +349,17 @@ def _hparam_points(data: ReportData, summary: CountingSummary | None, hparam: st
             m = iv.estimate if iv else math.nan
         if m is None or math.isnan(float(m)):
             continue
+        src = summary.sources.get((k, "mce")) if use_mce else None  # type: ignore[union-attr]
         rows.append({"key": k, "value": v, "metric": float(m), "low": iv.low if iv else math.nan,
-                     "high": iv.high if iv else math.nan, "group": data.styles[k].kind})
+                     "high": iv.high if iv else math.nan, "group": data.styles[k].kind,
+                     "source": src.source.signature if src is not None else None})
+    pts = pd.DataFrame(rows)
+    if use_mce and not pts.empty:
+        # NOTE: one curve is one data source: runs measured on another source than most of them are left out
+        common = pts["source"].value_counts().index[0]
+        pts = pts[pts["source"].map(lambda sig: sig == common)]
     label = "mCE (%)" if use_mce else "Attention cosine"
-    return pd.DataFrame(rows), label, use_mce
+    return pts.drop(columns="source") if not pts.empty else pts, label, use_mce
 
 
 def draw_hparam_figures(data: ReportData, out: Path, formats: Sequence[str], summary: CountingSummary | None,
@@ -379,7 +386,10 @@ def draw_hparam_figures(data: ReportData, out: Path, formats: Sequence[str], sum
             f"fig7_{hp.lower()}", f"Fig. 7: {what} against {F.HPARAMS[hp][1]}",
             f"One point per run whose model card carries {hp} ({len(pts)} runs); error bars: 95% intervals "
             f"({'normal approximation or chunk bootstrap, see Table 2 notes' if use_mce else 'bootstrap over images'})"
-            f"; dashed line: the baseline. {data.checkpoints(list(pts['key']))}",
+            f"; dashed line: the baseline. "
+            + (" ".join(_source_lines(summary, "mce", {k: data.styles.label(k) for k in pts["key"]}, pts["key"]))
+               + " " if use_mce and summary is not None else "")
+            + data.checkpoints(list(pts["key"])),
             save_figure(fig, out / f"fig7_{hp.lower()}", formats)))
     return entries
 
@@ -528,11 +538,13 @@ def _counting_section(page: _Page, fig_dir: Path, formats: Sequence[str], ce_ref
     return summary
 
 
-def _source_lines(summary: CountingSummary, col: str, labels: Mapping[str, str]) -> list[str]:
-    """'Data: FAN-B released ImageNet-C, 50000 images per cell (75 cells); ...' for one column."""
+def _source_lines(summary: CountingSummary, col: str, labels: Mapping[str, str],
+                  keys: Iterable[str] | None = None) -> list[str]:
+    """'Data: FAN-B released ImageNet-C, 50000 images per cell (75 cells); ...' for one column (of `keys`)."""
     by: dict[str, list[str]] = {}
+    wanted = set(keys) if keys is not None else None
     for (key, c), g in summary.sources.items():
-        if c == col:
+        if c == col and (wanted is None or key in wanted):
             by.setdefault(f"{g.source.words()}, {g.count_words()}", []).append(labels.get(key, key))
     if len(by) == 1:
         return [f"Data: {next(iter(by))}."]

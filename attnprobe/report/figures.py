@@ -439,8 +439,8 @@ def fig4_heads(maps: Sequence[AttentionMaps], styles: ModelStyles | None = None,
                     ax.axis("off")
             _colorbar(fig, _scale(vmax), ((heads * panel * 1.05 + 0.04) / fig_w, y0 / height, 0.05 / fig_w,
                                           panel / height), horizontal=False)
-            fig.text(0.5 * (fig_w - bar_w) / fig_w, top / height, title, ha="center", va="top", color=styles.color(r.key), fontsize=7,
-                     fontweight="bold", linespacing=1.1)
+            fig.text(0.5 * (fig_w - bar_w) / fig_w, top / height, title, ha="center", va="top",
+                     color=styles.color(r.key), fontsize=7, fontweight="bold", linespacing=1.1)
             top -= rh
     return fig
 
@@ -473,7 +473,7 @@ def figI_layer_maps(maps: Sequence[AttentionMaps], styles: ModelStyles | None = 
     L = min(r.num_layers for r in recs)
     if layers is None:
         layers = sorted({int(round(x)) for x in np.linspace(0, L - 1, min(max_layers, L))})
-    layers = [_layer_index(l, L) for l in layers]
+    layers = [_layer_index(li, L) for li in layers]
     rows = [x for r in recs for x in ([(r, False), (r, True)] if r.maps_corrupted is not None else [(r, False)])]
     left, top, gap, bar_w = 0.5, 0.32, 0.05, 0.4
     panel = min((width - left - bar_w) / (len(layers) * (1 + gap)), 1.0)
@@ -569,7 +569,7 @@ def figI_layer_curves(frames: Mapping[str, pd.DataFrame], styles: ModelStyles | 
             ax.set_title(title, fontsize=7)
             ax.grid(linewidth=0.3, color="#dddddd")
             ax.set_axisbelow(True)
-            xs = sorted({int(l) + 1 for l in df["layer"].unique()})
+            xs = sorted({int(li) + 1 for li in df["layer"].unique()})
             step = max(1, math.ceil(len(xs) / 8))
             ax.set_xticks(xs[::step])
         # NOTE: every panel's series, once each: a model may have values in one panel only

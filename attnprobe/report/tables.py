@@ -475,11 +475,11 @@ def layer_table(per_layer: pd.DataFrame, labels: Mapping[str, str] | None = None
     """
     labels = labels or {}
     disp = per_layer.map(lambda v: "–" if _isnan(v) else f"{v:.2f}")
-    disp.index = pd.Index([f"{labels.get(k, k)} · L{int(l) + 1}" for k, l in per_layer.index],
+    disp.index = pd.Index([f"{labels.get(k, k)} · L{int(li) + 1}" for k, li in per_layer.index],
                           name="Model · layer")
     disp.columns = [METRIC_HEADERS.get(c, c) for c in per_layer.columns]
     numeric = per_layer.copy()
-    numeric.index = pd.MultiIndex.from_tuples([(labels.get(k, k), int(l) + 1) for k, l in per_layer.index],
+    numeric.index = pd.MultiIndex.from_tuples([(labels.get(k, k), int(li) + 1) for k, li in per_layer.index],
                                               names=["model", "layer"])  # layer 1 = first block, as in the figures
     return Table(name=name, title="Attention diagnostics per layer (means over images).", display=disp,
                  numeric=numeric, notes=list(notes))
