@@ -39,6 +39,7 @@ from attnprobe.data.images import ImageRecord, ImageSet
 from attnprobe.data.synthetic import SyntheticShapes, render_image
 from attnprobe.errors import UserError
 from attnprobe.jsonsafe import dumps
+from attnprobe.outdir import check_output_folder
 
 __all__ = ["DEMO_MODELS", "DemoConfig", "DemoResult", "QUICK_CORRUPTIONS", "SWEEP_MODELS", "SyntheticRecord",
            "run_demo", "synthetic_image_set"]
@@ -261,7 +262,7 @@ def run_demo(cfg: DemoConfig, progress: Progress | None = None) -> DemoResult:
         torch.set_num_threads(cfg.threads)
     t_start = time.monotonic()
     timings: dict[str, float] = {}
-    out = Path(cfg.out).expanduser()
+    out = check_output_folder(cfg.out)
     store_dir = out / "results"
     if cfg.fresh and store_dir.exists():
         shutil.rmtree(store_dir)

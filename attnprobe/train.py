@@ -46,6 +46,7 @@ from torch import nn
 from attnprobe import distributed as D
 from attnprobe.errors import UserError
 from attnprobe.jsonsafe import dumps
+from attnprobe.outdir import check_output_folder
 
 __all__ = [
     "TrainConfig",
@@ -604,6 +605,10 @@ def _check_config(cfg: TrainConfig) -> None:
         raise UserError(f"--tap K must be >= 0 (0 or 1: no TAP), got {cfg.tap}")
     if cfg.adl_variant not in ("official", "paper"):
         raise UserError(f"unknown ADL variant {cfg.adl_variant!r}; choose one of: official, paper")
+    if cfg.init and not Path(cfg.init).expanduser().is_file():
+        raise UserError(f"--init {cfg.init}: no such file; pass the checkpoint to fine-tune from")
+    if cfg.save_every < 0:
+        raise UserError(f"--save-every must be >= 0 (0: only at the end of each epoch), got {cfg.save_every}")
     if cfg.img_size % 8:
         raise UserError(f"--img-size must be a multiple of 8, got {cfg.img_size}")
 
@@ -625,6 +630,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: Callable[[dict[str, 
         The run's result; ``finished`` is False when it stopped early.
     """
     _check_config(cfg)
+    check_output_folder(cfg.out)
     ctx = D.init_from_env(device=cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -663,7 +669,8 @@ def _saved_state(cfg: TrainConfig, out: Path, resume: bool) -> dict[str, Any] | 
 
 
 def _nothing_to_resume(out: Path) -> str:
-    what = "does not exist" if not out.exists() else f"holds no {CHECKPOINT}"
+    what = ("does not exist" if not out.exists() else "is a file, not a run folder" if not out.is_dir()
+            else f"holds no {CHECKPOINT}")
     return (f"nothing to resume: {out} {what}; check --out, or start the run without --resume")
 
 

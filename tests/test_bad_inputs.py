@@ -91,6 +91,13 @@ def garbled_run(tmp: Path) -> dict[str, Path]:
     return {"garbled": tmp / "run", "ckpt": path}
 
 
+def a_file(tmp: Path) -> dict[str, Path]:
+    """A file of the user's where a folder is expected (it must stay as it is)."""
+    path = tmp / "notes.txt"
+    path.write_text("my notes\n")
+    return {"file": path}
+
+
 def no_cuda_gpu() -> str | None:
     return "this machine has a CUDA GPU" if torch.cuda.is_available() else None
 
@@ -150,6 +157,28 @@ CASES: list[Case] = [
     Case("train-resume-garbled-checkpoint", ("train", "--out", "{garbled}", "--resume"), ("cannot read",),
          garbled_run, foreign=("ckpt",)),
     Case("train-existing-run-without-resume", ("train", *TINY, "--epochs", "1", "--out", "{run}"), ("--resume",)),
+    Case("train-resume-out-is-a-file", ("train", "--out", "{file}", "--resume"), ("is a file",), a_file,
+         foreign=("file",)),
+    Case("train-out-is-a-file", ("train", *TINY, "--out", "{file}"), ("--out", "is a file"), a_file,
+         foreign=("file",)),
+    Case("train-out-below-a-file", ("train", *TINY, "--out", "{file}/run"), ("--out", "is a file"), a_file,
+         foreign=("file",)),
+    Case("train-init-missing", ("train", *TINY, "--init", "{tmp}/nothing.pth", "--out", "{tmp}/r"),
+         ("--init", "no such file")),
+    Case("train-save-every-negative", ("train", *TINY, "--save-every", "-1", "--out", "{tmp}/r"), ("--save-every",)),
+    # output folders of the report, the plots and the demo
+    Case("report-out-is-a-file", ("report", "{store}", "--out", "{file}"), ("--out", "is a file"), a_file,
+         foreign=("file",)),
+    Case("report-out-below-a-file", ("report", "{store}", "--out", "{file}/rep"), ("--out", "is a file"), a_file,
+         foreign=("file",)),
+    Case("plot-maps-out-is-a-file", ("plot-maps", "{store}", "--out", "{file}"), ("--out", "is a file"), a_file,
+         foreign=("file",)),
+    Case("plot-stability-out-is-a-file", ("plot-stability", "{store}", "--out", "{file}"), ("--out", "is a file"),
+         a_file, foreign=("file",)),
+    Case("demo-out-is-a-file", ("demo", "--quick", "--out", "{file}"), ("--out", "is a file"), a_file,
+         foreign=("file",)),
+    Case("plot-stability-corruption-not-stored", ("plot-stability", "{store}", "--out", "{tmp}/fig",
+                                                  "--corruption", "snow"), ("for snow", "--corruption snow")),
     # -- cases the lead adds after merging the `store` and `pkg` branches --------------------------------------
     # store files: --out that is a file, a read-only --out, a truncated or garbled results.sqlite, a foreign
     #   SQLite file as the store (check `foreign=` for it: nothing may be added to it);

@@ -124,6 +124,7 @@ def test_report_mfr_equals_the_released_mfr_and_shows_the_others_apart(mixed_p_s
     assert rows.loc["regen.", "value"] == pytest.approx(100 * mixed_p_store["regenerated"], rel=1e-5)
     assert not rows.loc["released, limit 2", "in_table2"] and not rows.loc["regen.", "in_table2"]
     assert "--limit 2 subset of released ImageNet-P" in src_md and "ImageNet-P regenerated" in src_md
+    assert any("several data sources for IN-P mFR of brightness" in n for n in res.notes)
 
 
 def test_report_source_option_selects_the_regenerated_set(mixed_p_store: dict) -> None:

@@ -103,10 +103,11 @@ def _compute_missing(plot: str, results_dir: Path, models: list[str], ckpts: Opt
     missing = missing_for_plot(results_dir, plot, models or None, corruption, severity)
     if not missing:
         return []
+    corr_asked = corruption or "gaussian_noise"
     what = {"heads": "attention maps", "maps": "attention maps of clean and corrupted images",
-            "stability": "attention-stability values"}[plot]
-    first = {"heads": "attnprobe heads --keep-maps 2", "maps": "attnprobe attention --corruption gaussian_noise",
-             "stability": "attnprobe stability --corruption gaussian_noise"}[plot]
+            "stability": "attention-stability values"}[plot] + (f" for {corruption}" if corruption else "")
+    first = {"heads": "attnprobe heads --keep-maps 2", "maps": f"attnprobe attention --corruption {corr_asked}",
+             "stability": f"attnprobe stability --corruption {corr_asked}"}[plot]
     if not models:
         raise UserError(f"the store at {results_dir} has no {what}; pass --model NAME --ckpt FILE to compute them, "
                         f"or run `{first} --model NAME --ckpt FILE --out {results_dir}` first")

@@ -27,6 +27,7 @@ from typing import Any
 import pandas as pd
 
 from attnprobe.errors import UserError
+from attnprobe.outdir import check_output_folder
 from attnprobe.report import bootstrap as B
 from attnprobe.report import figures as F
 from attnprobe.report import tables as T
@@ -469,6 +470,7 @@ def _check_request(data: ReportData, out: Path, condition: str | None, layer: in
     if out == data.store_root:
         raise UserError("--out must not be the results directory itself; choose e.g. "
                         f"{data.store_root / 'report'}")
+    check_output_folder(out)
     if condition is not None:
         stored = set(data.diagnostics["attention_cosine"]["condition"]) | {m.condition for m in data.maps}
         if condition not in stored:
@@ -511,7 +513,12 @@ def _counting_section(page: _Page, fig_dir: Path, formats: Sequence[str], ce_ref
         page.add_table(t, "Top-1 accuracy (clean, ImageNet-A/-R, PGD), mCE and mFR in %; the notes name the data "
                           "source and image count of every column. "
                           f"{data.checkpoints(list(summary.table.index))}")
-    if any(not used for *_, used in summary.alternatives):  # several sources for some number: list them apart
+    others = sorted({f"{T.column_header(col)} of {labels.get(key, key)}" for key, col, _, used in summary.alternatives
+                     if not used})
+    if others:  # several sources for some number: list them apart, and say so on the console too
+        page.notes.append(f"The store holds several data sources for {', '.join(others[:4])}"
+                          f"{' and more' if len(others) > 4 else ''}; Table 2 shows one source per number, "
+                          f"table2_sources lists them all (choose with --source).")
         page.add_table(T.sources_table(summary.alternatives, labels),
                        "Each data source the store holds for each model and benchmark, with its own number; "
                        "'In Table 2' marks the one Table 2 shows.")
@@ -716,12 +723,14 @@ def plot_figures(results_dir: str | Path, out_dir: str | Path, plot: str, models
     with open_store(results_dir) as store:
         data = load_report_data(store, models=models)
     if plot == "stability":
+        check_output_folder(out)
         entries = draw_stability_figures(data, out, formats, condition, severity, n_resamples, seed)
         if not entries:
             raise UserError("the store has no attention-stability values; run `attnprobe stability --model ... "
                             f"--out {data.store_root}` first")
         return entries
     check_layer([m.num_layers for m in data.maps], layer)
+    check_output_folder(out)
     hs_layer = _last_layer_head_similarity(data, n_resamples, seed) if layer == -1 else None
     entries = draw_attention_figures(data, out, formats, condition, severity, image=image, layer=layer,
                                      max_images=max_images, which=PLOTS[plot][0], head_similarity=hs_layer,

@@ -352,13 +352,12 @@ def sources_table(rows: Sequence[tuple[str, str, Any, bool]], labels: Mapping[st
         labels: run key -> row label.
     """
     labels = labels or {}
-    headers = {c: h.rstrip(" ↑↓") for c, h, _ in SUMMARY_COLUMNS}
     order = {c: i for i, (c, _, _) in enumerate(SUMMARY_COLUMNS)}
     disp, num, index = [], [], []
     for key, col, res, used in sorted(rows, key=lambda r: (r[0], order.get(r[1], 99), not r[3])):
         g = res.group
         value = fmt_num(res.value) + ("*" if res.partial else "")
-        disp.append([headers.get(col, col), g.source.words(), g.count_words(), value, "yes" if used else "no"])
+        disp.append([column_header(col), g.source.words(), g.count_words(), value, "yes" if used else "no"])
         num.append({"column": col, "source": g.source.tag(), "kind": g.source.kind, "backend": g.source.backend,
                     "limit": g.source.limit, "root": g.source.root, "n_min": g.n_min, "n_max": g.n_max,
                     "cells": len(g.cells), "value": res.value * 100.0, "partial": res.partial, "in_table2": used})
@@ -372,6 +371,11 @@ def sources_table(rows: Sequence[tuple[str, str, Any, bool]], labels: Mapping[st
                         "sources. * partial (fewer corruptions / perturbations than the benchmark).",
                         "Table 2 shows one source per number: the full set before a --limit subset, then released "
                         "before regenerated / on-the-fly data (`attnprobe report --source` chooses)."])
+
+
+def column_header(col: str) -> str:
+    """'IN-P mFR' for 'mfr': a Table 2 column's header without its arrow."""
+    return next((h.rstrip(" ↑↓") for c, h, _ in SUMMARY_COLUMNS if c == col), col)
 
 
 def _isnan(v: object) -> bool:
