@@ -43,11 +43,11 @@ removes the hooks, `layout.py` normalises each map to (B * nW, H, N_q, N_k) and 
 context manager and the last pass's maps.
 """
 
-from attnprobe.capture.core import AttentionCapture, LayerMap
+from attnprobe.capture.core import AttentionCapture, LayerMap, no_token_attention_message
 from attnprobe.capture.families import AttentionLayer, ExcludedLayer, find_attention_layers, find_excluded_attention
 from attnprobe.capture.layout import MAP_KINDS, TOKEN_MAP_KINDS
 
 __all__ = [
     "MAP_KINDS", "TOKEN_MAP_KINDS", "AttentionCapture", "AttentionLayer", "ExcludedLayer", "LayerMap",
-    "find_attention_layers", "find_excluded_attention",
+    "find_attention_layers", "find_excluded_attention", "no_token_attention_message",
 ]

@@ -15,7 +15,7 @@ from attnprobe.capture.hooks import Installation, install
 from attnprobe.capture.layout import TOKEN_MAP_KINDS, map_kind, num_windows, standardize
 from attnprobe.errors import UserError
 
-__all__ = ["AttentionCapture", "LayerMap"]
+__all__ = ["AttentionCapture", "LayerMap", "no_token_attention_message"]
 
 
 @dataclass
@@ -199,11 +199,28 @@ class AttentionCapture:
 
 
 def _no_attention_message(model: nn.Module) -> str:
+    return no_token_attention_message(model) or ""
+
+
+def no_token_attention_message(model: nn.Module, name: str | None = None, *, need_token: bool = False) -> str | None:
+    """The one-line reason why `model` cannot be captured (None when it can).
+
+    Args:
+        model: the network.
+        name: how to call it in the message (default: its class name).
+        need_token: also refuse a model whose only captured attention is class-like (class, cross, pooling), as
+            the diagnostics do: their measures are over token attention.
+    """
+    name = name or type(model).__name__
+    layers = find_attention_layers(model)
+    if any(layer.kind == "token" for layer in layers) or (layers and not need_token):
+        return None
     excluded = find_excluded_attention(model)
-    name = type(model).__name__
-    if excluded:
-        reasons = sorted({f"{e.module_type} ({e.reason.split(' (')[0]})" for e in excluded})
-        return (f"{name} has no token attention to capture, only {', '.join(reasons)}; attention diagnostics need "
-                "a model with token attention maps (ViT, DeiT, Swin, PVT, FAN, RVT, ...)")
-    return (f"no attention layer found in {name}; attention capture needs a vision transformer (attnprobe "
-            "FAN/TAP-FAN/RVT, or a timm model with attention: ViT, DeiT, CaiT, Swin, PVT, ...)")
+    if not layers and not excluded:
+        return (f"no attention layer found in {name}; attention capture needs a vision transformer (attnprobe "
+                "FAN/TAP-FAN/RVT, or a timm model with attention: ViT, DeiT, CaiT, Swin, PVT, ...)")
+    found = [f"{sum(lay.kind == kind for lay in layers)} {kind}-attention layer(s)"
+             for kind in sorted({lay.kind for lay in layers})]
+    found += sorted({f"{e.module_type} ({e.reason.split(' (')[0]})" for e in excluded})
+    return (f"{name} has no token attention, only {', '.join(found)}; attention diagnostics need a model whose "
+            "attention queries are image tokens (ViT, DeiT, Swin, PVT, FAN, RVT, ...)")

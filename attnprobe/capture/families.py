@@ -43,6 +43,7 @@ OUTLOOK = "outlook attention (weights over a k x k neighbourhood predicted from 
 LINEAR = "factorised / linear attention (softmax over keys alone; no query-to-token map exists)"
 BRANCHES = "softmax over branches or kernels, not over tokens"
 STATE = "state-space mixing (softmax over hidden state dimensions, not tokens)"
+BATCH = "softmax over the images of the batch (B x B), not over tokens (as written in timm 1.0.31)"
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,7 @@ FAMILY_RULES: dict[str, _Spec] = {
     "split_attn.SplitAttn": BRANCHES,
     "selective_kernel.SelectiveKernelAttn": BRANCHES,
     "efficientvim.HSMSSD": STATE,
+    "csatv2.SpatialTransformerBlock": BATCH,
     # class-like queries
     "cait.ClassAttn": _Rule(kind=CLASS),
     "volo.ClassAttention": _Rule(kind=CLASS),
@@ -138,7 +140,6 @@ FAMILY_RULES: dict[str, _Spec] = {
     "gcvit.WindowAttentionGlobal": _Rule(windowed=True),
     "tnt.Attention": _Rule(),
     "shvit.SHSA": _Rule(),
-    "csatv2.SpatialTransformerBlock": _Rule(),
     "twins.LocallyGroupedAttn": _Rule(layout="bwhqk", windowed=True),
     "nest.Attention": _Rule(layout="bhwqk", windowed=True),
     "hiera.MaskUnitAttention": _hiera,
@@ -158,15 +159,18 @@ def _rule_key(module: nn.Module) -> str:
 
 def classify(module: nn.Module) -> _Rule | str | None:
     """How `module` is captured: a rule, the reason it is excluded (str), or None when it is no attention module."""
-    declared = getattr(type(module), "attention_kind", None) or getattr(module, "attention_kind", None)
+    cls = type(module)
+    # NOTE: class and instance dict lookups, not getattr: nn.Module.__getattr__ is slow for missing names, and this
+    # runs for every module of the model each time a capture opens
+    declared = getattr(cls, "attention_kind", None) or module.__dict__.get("attention_kind")
     if declared is not None:  # attnprobe's contract: the map is the input of attn_drop
-        if declared in (TOKEN, CLASS) and isinstance(getattr(module, "attn_drop", None), nn.Module):
+        if declared in (TOKEN, CLASS) and isinstance(module._modules.get("attn_drop"), nn.Module):
             return _Rule(kind=str(declared), hook_point="attn_drop", layout="bhqk")
         return None
     spec = FAMILY_RULES.get(_rule_key(module))
     if spec is not None:
         return spec(module) if callable(spec) else spec
-    if hasattr(module, "fused_attn") and not type(module).__module__.startswith("attnprobe."):
+    if ("fused_attn" in module.__dict__ or hasattr(cls, "fused_attn")) and not cls.__module__.startswith("attnprobe."):
         return _Rule()  # NOTE: timm's convention: every module with a fused_attn flag is an attention module
     return None
 
