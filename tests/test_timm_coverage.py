@@ -159,6 +159,18 @@ ARCHS = [
 ]
 
 
+#: Kinds the capture must report (the attention design of each family; counts follow from the tiny configs).
+EXPECTED_KINDS = {
+    "ViT": {"token"}, "ViT, attention-pool head": {"token", "pool"}, "CaiT": {"token", "class"}, "XCiT": {"class"},
+    "CrossViT": {"token", "cross"}, "VOLO": {"token", "class"}, "Swin": {"window"}, "Swin V2": {"window"},
+    "Swin V2 CR": {"window"}, "MaxViT": {"window", "token"}, "SAM ViT (window + global)": {"window", "token"},
+    "Twins-SVT": {"window", "reduced", "token"}, "Twins-PCPVT": {"reduced", "token"}, "PVT-v2": {"reduced", "token"},
+    "NextViT": {"reduced", "token"}, "MViTv2": {"reduced", "token"}, "LeViT": {"token", "reduced"},
+    "Hiera": {"window", "reduced"}, "TinyViT": {"window", "token"}, "EfficientFormer-V2": {"token", "reduced"},
+    "NesT": {"window"}, "MobileViT": {"window"}, "TNT": {"window", "token"}, "MobileNetV4 hybrid": {"reduced", "token"},
+}
+
+
 # -- the independent softmax count ----------------------------------------------------------------------------------
 class _SoftmaxLog(torch.overrides.TorchFunctionMode):
     """Every softmax of a forward pass with the innermost module running it (global module hooks keep the stack)."""
@@ -245,6 +257,8 @@ class Coverage:
     expected_sumsq: dict[str, float] = field(default_factory=dict)
     excluded: Counter = field(default_factory=Counter)
     logit_diff: float = 0.0
+    single_image_diff: float = 0.0  # image 0 alone vs image 0 of the batch: windows of one image stay together
+    head_counts: dict[str, tuple[int, int]] = field(default_factory=dict)  # module: (map heads, module heads)
     flags_restored: bool = True
     extract_method: str = "fails"
     extract_maps: dict[str, list[torch.Tensor]] = field(default_factory=dict)
@@ -270,6 +284,11 @@ class Coverage:
             rows = r.attn.sum(-1)
             if r.attn.ndim != 4 or (rows - 1).abs().max() > 1e-5 or r.attn.min() < 0:
                 bad.append(f"{r.layer.name}: map {tuple(r.attn.shape)} is not (B', H, N_q, N_k) of distributions")
+        for name, (got, want) in self.head_counts.items():
+            if got != want:
+                bad.append(f"{name}: maps have {got} heads, the module has {want}")
+        if self.single_image_diff > 1e-3:  # NOTE: batch-size-dependent kernels differ by ~1e-4 (Visformer)
+            bad.append(f"maps of image 0 alone differ from its part of the batch by {self.single_image_diff:.1e}")
         if self.logit_diff > 1e-5:
             bad.append(f"logits changed by {self.logit_diff:.1e}")
         if not self.flags_restored:
@@ -282,6 +301,9 @@ class Coverage:
                     bad.append(f"{module}: AttentionExtract's map differs from ours")
             elif module not in self.excluded_names:
                 bad.append(f"{module}: AttentionExtract finds a map that the capture misses")
+        kinds = {r.kind for r in self.records}
+        if self.arch.family in EXPECTED_KINDS and kinds != EXPECTED_KINDS[self.arch.family]:
+            bad.append(f"kinds {sorted(kinds)}, expected {sorted(EXPECTED_KINDS[self.arch.family])}")
         if self.arch.token_attention != (self.diagnostics == "ok"):
             bad.append(f"diagnostics: {self.diagnostics}")
         return bad
@@ -291,6 +313,13 @@ class Coverage:
             return "fails"
         found = sum(len(v) for k, v in self.extract_maps.items() if k not in self.excluded_names)
         return f"{found} of {len(self.records)} ({self.extract_method})"
+
+
+def _declared_heads(module: nn.Module) -> int | None:
+    heads = getattr(module, "num_heads", None) or getattr(module, "heads", None)
+    if not isinstance(heads, int):
+        return None
+    return 2 * heads if type(module).__name__ == "DiffAttention" else heads  # two softmax maps per head
 
 
 def inspect_arch(arch: Arch, tmp: Path | None = None, extract: tuple[str, ...] | None = None) -> Coverage:
@@ -329,8 +358,16 @@ def inspect_arch(arch: Arch, tmp: Path | None = None, extract: tuple[str, ...] |
         try:
             with AttentionCapture(model) as cap:
                 out = model(x)
-            cov.records = cap.records
+                cov.records = cap.records
+                model(x[:1])
+                alone = cap.records
             cov.logit_diff = float((out - ref).abs().max())
+            cov.single_image_diff = max((float((a.attn - r.attn[:len(a.attn)]).abs().max())
+                                         for a, r in zip(alone, cov.records)), default=0.0)
+            for r in cov.records:
+                heads = _declared_heads(dict(model.named_modules())[r.layer.name])
+                if heads:
+                    cov.head_counts[r.layer.name] = (int(r.attn.shape[1]), heads)
         except UserError as e:
             cov.capture_error = str(e)
         cov.flags_restored = flags == {id(m): m.fused_attn for m in model.modules() if hasattr(m, "fused_attn")}
