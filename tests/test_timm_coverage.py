@@ -15,6 +15,7 @@ attention with a one-line `UserError`.
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections import Counter
 from collections.abc import Callable
@@ -431,10 +432,13 @@ def _kinds(cov: Coverage) -> str:
 
 def coverage_table() -> str:
     """The Markdown table of the README: what the capture finds per family, and what timm's extractor finds."""
-    lines = ["| family | timm model (tiny config) | maps captured, by kind | not captured | timm `AttentionExtract` "
-             "finds | diagnostics |", "|---|---|---|---|---|---|"]
+    header = ("| family | timm model (tiny config) | maps captured, by kind | not captured | timm `AttentionExtract` "
+              "finds | diagnostics |")
+    lines = [header, "|---|---|---|---|---|---|"]
     for arch in ARCHS:
         cov = inspect_arch(arch, extract=("fx", "hook"))
+        for problem in cov.problems():
+            print(f"PROBLEM {arch.family}: {problem}", file=sys.stderr)
         excluded = ", ".join(f"{k} ×{n}" for k, n in cov.excluded.items()) or "-"
         diag = "run" if cov.diagnostics == "ok" else "one-line error"
         lines.append(f"| {arch.family} | `{arch.name}` | {_kinds(cov)} | {excluded} | {cov.extract_agrees()} | "

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from torch import nn
 
 __all__ = [
-    "AttentionLayer", "ExcludedLayer", "ROLES", "classify", "find_attention_layers", "find_excluded_attention",
+    "ROLES", "AttentionLayer", "ExcludedLayer", "classify", "find_attention_layers", "find_excluded_attention",
 ]
 
 TOKEN, CLASS, CROSS, POOL = "token", "class", "cross", "pool"

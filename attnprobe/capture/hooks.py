@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from attnprobe.capture.families import AttentionLayer
@@ -45,8 +46,34 @@ def _softmax_dim(args: tuple, kwargs: dict) -> Any:
     return kwargs["dim"] if "dim" in kwargs else (args[0] if args else None)
 
 
+_SDPA_ARGS = ("attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+
+
+def _explicit_map(softmax: Callable[..., torch.Tensor], q: torch.Tensor, k: torch.Tensor, args: tuple,
+                  kwargs: dict) -> torch.Tensor:
+    """The post-softmax map `F.scaled_dot_product_attention(q, k, v, *args, **kwargs)` uses (dropout aside)."""
+    opts = {**dict(zip(_SDPA_ARGS, args)), **kwargs}
+    scale = opts.get("scale")
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    if opts.get("enable_gqa") and k.shape[-3] != q.shape[-3]:
+        k = k.repeat_interleave(q.shape[-3] // k.shape[-3], dim=-3)
+    logits = (q @ k.transpose(-2, -1)) * scale  # (..., N_q, N_k)
+    if opts.get("is_causal"):
+        keep = torch.ones(logits.shape[-2:], dtype=torch.bool, device=logits.device).tril()
+        logits = logits.masked_fill(~keep, float("-inf"))
+    mask = opts.get("attn_mask")
+    if mask is not None:
+        logits = logits.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else logits + mask
+    return softmax(logits, -1)
+
+
 class _SoftmaxTap:
-    """Process-wide softmax wrappers, installed while at least one capture using them is open."""
+    """Process-wide softmax wrappers, installed while at least one capture using them is open.
+
+    `F.scaled_dot_product_attention` is wrapped too, as a safety net: a captured module that calls it although its
+    `fused_attn` flag is off (no timm 1.0.31 module does) still yields its map, computed explicitly from the query and
+    key beside the unchanged fused call (the module's output is untouched).
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -85,9 +112,9 @@ class _SoftmaxTap:
                 self._unpatch()
 
     def _patch(self) -> None:
-        tensor_softmax, torch_softmax = torch.Tensor.softmax, torch.softmax
-        self._originals = {"tensor": tensor_softmax, "torch": torch_softmax}
-        observe = self._observe
+        tensor_softmax, torch_softmax, sdpa = torch.Tensor.softmax, torch.softmax, F.scaled_dot_product_attention
+        self._originals = {"tensor": tensor_softmax, "torch": torch_softmax, "sdpa": sdpa}
+        observe, local = self._observe, self._local
 
         def tensor_method(self: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
             out = tensor_softmax(self, *args, **kwargs)
@@ -99,13 +126,22 @@ class _SoftmaxTap:
             observe(out, _softmax_dim(args, kwargs))
             return out
 
+        def fused(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *args: Any,
+                  **kwargs: Any) -> torch.Tensor:
+            out = sdpa(query, key, value, *args, **kwargs)
+            if getattr(local, "stack", None):  # NOTE: only inside a captured module; the extra matmul costs nothing else
+                observe(_explicit_map(torch_softmax, query, key, args, kwargs), -1)
+            return out
+
         torch.Tensor.softmax = tensor_method  # type: ignore[method-assign]
         torch.softmax = torch_function  # type: ignore[assignment]
+        F.scaled_dot_product_attention = fused  # type: ignore[assignment]
 
     def _unpatch(self) -> None:
         if "softmax" in torch.Tensor.__dict__:
             del torch.Tensor.softmax  # NOTE: the method lives on torch._C.TensorBase; this unshadows it
         torch.softmax = self._originals["torch"]  # type: ignore[assignment]
+        F.scaled_dot_product_attention = self._originals["sdpa"]  # type: ignore[assignment]
         self._originals = {}
 
 
