@@ -13,13 +13,14 @@ Modules lay out their post-softmax maps in several ways; `standardize` turns eac
     heads      H tensors (B', N_q, N_k)  EfficientViT-M cascaded group attention (one softmax per head)
 
 `auto` picks by the number of dimensions (4: bhqk; 3: bqk, or (bh)qk for a module with several heads; 5: the
-dimension equal to the head count). A layout
-applies to tensors of its own rank; a map of another rank falls back to `auto` (e.g. Hiera's global stages are 4-D).
+dimension equal to the head count). A layout applies to tensors of its own rank; a map of another rank falls back
+to `auto` (e.g. Hiera's global stages are 4-D).
 
 `map_kind` then names the map: `"window"` for window-attention modules (even when one window covers the image: it
 may hold padding tokens) and whenever an image contributes several maps (blocks that partition the tokens before
-calling a plain attention module: TinyViT, EfficientViT-M, MaxViT, MobileViT's pixel groups, TNT's inner attention), `"token"` for global self-attention (N_q == N_k), `"reduced"` for global attention whose queries and keys
-are different token sets (spatial reduction: PVT-v2, Twins GSA, NextViT; pooling: MViTv2; subsampling: LeViT,
+calling a plain attention module: TinyViT, EfficientViT-M, MaxViT, MobileViT's pixel groups, TNT's inner attention);
+`"token"` for global self-attention (N_q == N_k); `"reduced"` for global attention whose queries and keys are
+different token sets (spatial reduction: PVT-v2, Twins GSA, NextViT; pooling: MViTv2; subsampling: LeViT,
 EfficientFormer-v2 downsampling); class-like roles keep their name (`"class"`, `"cross"`, `"pool"`).
 """
 
