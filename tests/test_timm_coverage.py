@@ -43,7 +43,7 @@ SOFTMAXES_PER_MAP: dict[str, Callable[[nn.Module], int]] = {
     "GPSA": lambda m: 2, "CascadedGroupAttention": lambda m: len(m.qkvs),
 }
 #: Modules where `AttentionExtract` reads a different tensor than the post-softmax map (only the count is compared).
-EXTRACT_READS_ELSEWHERE = {"TalkingHeadAttn": "its attn_drop follows the talking-heads mixing (rows no longer sum to 1)"}
+EXTRACT_READS_ELSEWHERE = {"TalkingHeadAttn": "attn_drop follows the talking-heads mixing (rows no longer sum to 1)"}
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,8 @@ def _volo() -> nn.Module:
 def _caformer() -> nn.Module:
     from timm.models.metaformer import Attention, LayerNorm2dNoBias, LayerNormNoBias, MetaFormer, SepConv
 
-    return MetaFormer(depths=(1, 1, 1, 1), dims=(16, 32, 64, 128), token_mixers=(SepConv, SepConv, Attention, Attention),
+    mixers = (SepConv, SepConv, Attention, Attention)
+    return MetaFormer(depths=(1, 1, 1, 1), dims=(16, 32, 64, 128), token_mixers=mixers,
                       norm_layers=(LayerNorm2dNoBias,) * 2 + (LayerNormNoBias,) * 2, num_classes=10)
 
 
