@@ -311,10 +311,11 @@ class Coverage:
         return bad
 
     def extract_agrees(self) -> str:
+        """How many of our maps timm's extractor also finds, and with which of its methods."""
         if self.extract_method == "fails":
-            return "fails"
+            return "fails (no match or trace error)"
         found = sum(len(v) for k, v in self.extract_maps.items() if k not in self.excluded_names)
-        return f"{found} of {len(self.records)} ({self.extract_method})"
+        return f"{found} of {len(self.records)} ({self.extract_method})" if self.records else "nothing"
 
 
 def _declared_heads(module: nn.Module) -> int | None:
