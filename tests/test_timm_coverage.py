@@ -313,7 +313,7 @@ class Coverage:
     def extract_agrees(self) -> str:
         """How many of our maps timm's extractor also finds, and with which of its methods."""
         if self.extract_method == "fails":
-            return "fails (no match or trace error)"
+            return "fails"
         found = sum(len(v) for k, v in self.extract_maps.items() if k not in self.excluded_names)
         return f"{found} of {len(self.records)} ({self.extract_method})" if self.records else "nothing"
 
