@@ -96,7 +96,7 @@ class AttentionCapture:
             raise RuntimeError("this AttentionCapture is already active")
         self.layers = find_attention_layers(self.model)
         if not self.layers:
-            raise UserError(_no_attention_message(self.model))
+            raise UserError(no_token_attention_message(self.model) or "no attention layer found")
         self._installed = install(self.model, self.layers, self._on_maps)
         try:
             self._pass_hook = self.model.register_forward_pre_hook(self._on_pass_start, with_kwargs=True)
@@ -192,14 +192,10 @@ class AttentionCapture:
         if self._passes == 0:
             return "no forward pass has run inside the capture; call the model in the `with` block"
         if not any(layer.kind == "token" for layer in self.layers):
-            return (f"{type(self.model).__name__} has no token self-attention layer, only class attention; read "
-                    "`cls_maps` instead")
+            return (f"{type(self.model).__name__} has no token self-attention layer, only class attention (class, "
+                    "cross or pooling queries); read `cls_maps` instead")
         return (f"the last forward pass of {type(self.model).__name__} produced no token attention map although "
                 f"{len(self.layers)} attention module(s) were found; was the model called directly?")
-
-
-def _no_attention_message(model: nn.Module) -> str:
-    return no_token_attention_message(model) or ""
 
 
 def no_token_attention_message(model: nn.Module, name: str | None = None, *, need_token: bool = False) -> str | None:

@@ -19,7 +19,8 @@ Excluded (listed by `find_excluded_attention`, never captured), because their so
 query over tokens: channel attention (XCiT's XCA, EdgeNeXt, DaViT channel blocks), VOLO's outlook attention (weights
 over the k x k neighbourhood predicted from one token by a linear layer, then folded back, not query-key attention),
 factorised / linear attention (CoaT, MobileViT-v2, lambda layers: the softmax runs over keys alone, no N x N map
-exists), and softmaxes over branches, kernels or state dimensions (ResNeSt split attention, SK, EfficientViM).
+exists), softmaxes over branches, kernels or state dimensions (ResNeSt split attention, SK, EfficientViM), and
+CSATv2's spatial block, whose softmax in timm 1.0.31 runs across the images of the batch (B x B), not over tokens.
 """
 
 from __future__ import annotations
