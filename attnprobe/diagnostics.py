@@ -22,7 +22,16 @@ Stored values (`ResultsStore.add_diagnostics`, one row per image, layer and head
 * `head_similarity` (head -1; condition `clean` or a corruption): mean cosine over head pairs.
 * `row_similarity`, `topk_column_mass`, `row_entropy`, `column_gini` (head -1): overfocusing measures.
 
-Windowed attention (Swin): every metric is computed per window and averaged over the windows of an image.
+Which maps: every token-attention map of `AttentionCapture` (kinds `token`, `window`, `reduced`), numbered 0, 1, ...
+in the order the model computes them; each result layer says its `kind`, `heads`, `queries`, `keys` and `windows`.
+Class, cross and pooling attention (queries that are not image tokens) are saved in the map files but not measured;
+a model with no token attention at all (ConvNeXt, ResNet, XCiT's channel attention, CoaT's factorised attention) is
+refused with a one-line `UserError` before anything runs. Windowed attention (Swin, MaxViT, Twins LSA, ...): every
+metric is computed per window and averaged over the windows of an image. Queries != keys (`reduced`: PVT-v2, MViTv2,
+LeViT, ...): every metric is over the N_k keys (see `attnprobe.metrics`); the clean and corrupted maps of a layer
+always have the same shape, so their cosine compares the same queries and keys. A measure that is undefined for a
+layer (head similarity with one head: SHViT, iFormer; row similarity with one query) is left out for that layer,
+and the result's `notes` say so; means over layers are over the layers where it is defined.
 
 Artifact format (`kind="attention_maps"`, one file per model, image and condition; registered with
 `ResultsStore.add_artifact`, path relative to the store root):
@@ -30,13 +39,15 @@ Artifact format (`kind="attention_maps"`, one file per model, image and conditio
     <out>/maps/<model>/<checkpoint sha256[:12]>/<condition>[-s<severity>]/<image slug>.npz
 
     image       uint8 (S, S, 3)   the model input before normalisation (clean, or corrupted with the stored seed)
-    attn        float16 (L, H, N, N)   token attention of every layer, depth order, when all layers share a shape;
-                otherwise (Swin) attn_000, attn_001, ... float16 (nW, H, n, n), one per layer
-    cls_attn    float16 (Lc, H, 1, N + 1)   class-attention maps (FAN / CaiT), only when the model has them
+    attn        float16 (L, H, N, N)   token attention of every layer, in order, when all layers are global, square
+                and of one shape; otherwise attn_000, attn_001, ... one per layer, float16 (H, N_q, N_k), or
+                (nW, H, n_q, n_k) for windowed layers
+    cls_attn    float16 (Lc, H, N_q, N_k)   class / cross / pooling attention (FAN, CaiT, CrossViT, ...), when the
+                model has them; cls_attn_000, ... when their shapes differ
     layer_names str (L,)   module names of the token-attention layers
     meta        str   JSON: format_version, model, checkpoint_sha256, dataset, image, condition, severity, seed,
-                      preprocessing, windows (per layer), num_prefix_tokens (class/distillation tokens in front of
-                      the patch tokens, 0 for FAN/RVT), grid ([h, w] of the patch tokens when square)
+                      preprocessing, windows and kinds (per layer), num_prefix_tokens (class/distillation tokens in
+                      front of the patch tokens, 0 for FAN/RVT), grid ([h, w] of the patch tokens when square)
 
 `attnprobe report` draws the paper's attention figures (Fig. 1, 3, 4, supplementary Fig. I) from these files.
 """
@@ -56,7 +67,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from attnprobe.capture import AttentionCapture, LayerMap, find_attention_layers
+from attnprobe.capture import AttentionCapture, LayerMap, no_token_attention_message
 from attnprobe.data import corruptions as C
 from attnprobe.data.images import ImageSet, model_input_u8, normalize_u8
 from attnprobe.errors import UserError
@@ -267,8 +278,19 @@ def _num_prefix_tokens(model: nn.Module, n_tokens: int) -> int:
     return extra if extra <= 8 else 0
 
 
+def _layer_meta(lm: LayerMap, nw: int) -> dict[str, Any]:
+    """What a result says about one token-attention layer: module, kind and map shape."""
+    return {"name": lm.layer.name, "kind": lm.kind, "heads": int(lm.attn.shape[1]),
+            "queries": int(lm.attn.shape[-2]), "keys": int(lm.attn.shape[-1]), "windows": nw}
+
+
 class _BatchReducer:
-    """The per-layer `reduce` callback for one forward pass of [clean; corrupted] (or clean only) images."""
+    """The per-layer `reduce` callback for one forward pass of [clean; corrupted] (or clean only) images.
+
+    Every token-attention map (kinds token, window, reduced) is measured; class-like maps (class, cross, pooling
+    attention) are only kept for the saved map files. A measure that is undefined for a layer (head similarity with
+    one head, row similarity with one query) is left out for that layer and explained in `notes`.
+    """
 
     def __init__(self, plan: _Plan, n_images: int, cond: Condition | None, with_clean: bool,
                  keep_positions: Sequence[int]) -> None:
@@ -278,6 +300,11 @@ class _BatchReducer:
         self.kept: dict[tuple[int, Condition], list[np.ndarray]] = {}
         self.kept_cls: dict[tuple[int, Condition], list[np.ndarray]] = {}
         self.windows: list[int] = []
+        self.layers: list[dict[str, Any]] = []
+        self.notes: dict[str, set[int]] = {}  # what was left out -> token-attention layers it concerns
+
+    def _note(self, what: str, layer: int) -> None:
+        self.notes.setdefault(what, set()).add(layer)
 
     def _put(self, metric: str, cond: Condition, layer: int, values: torch.Tensor) -> None:
         self.values.setdefault((metric, cond), {})[layer] = values.detach().float().cpu()
@@ -285,39 +312,47 @@ class _BatchReducer:
     def _per_condition(self, part: torch.Tensor, nw: int, cond: Condition, metrics: list[str], layer: int) -> None:
         if HEADS_METRIC in metrics:
             if part.shape[1] < 2:
-                raise UserError(f"head similarity needs at least 2 heads, but layer {layer} has {part.shape[1]}")
-            self._put(HEADS_METRIC, cond, layer, window_mean(head_similarity(part), nw))
+                self._note("head similarity is undefined for single-head attention and left out", layer)
+            else:
+                self._put(HEADS_METRIC, cond, layer, window_mean(head_similarity(part), nw))
         wanted = [m for m in metrics if m in OVERFOCUS_METRICS]
         if wanted:
             of = overfocusing(part, k=self.plan.k, tau=self.plan.tau)
             for m in wanted:
-                self._put(m, cond, layer, window_mean(of[m], nw))
+                if m in of:
+                    self._put(m, cond, layer, window_mean(of[m], nw))
+                else:  # NOTE: row similarity of a single query is undefined (overfocusing leaves it out)
+                    self._note(f"{m} is undefined for maps with one query and left out", layer)
 
     def _keep(self, store: dict, part: torch.Tensor, nw: int, cond: Condition) -> None:
         if not self.keep or part.shape[0] != self.n * nw:
             return
-        per_image = part.reshape(self.n, nw, *part.shape[1:])  # (B, nW, H, n, n)
+        per_image = part.reshape(self.n, nw, *part.shape[1:])  # (B, nW, H, N_q, N_k)
         for pos in self.keep:
             arr = per_image[pos]
-            arr = arr[0] if nw == 1 else arr  # (H, N, N) for global attention, (nW, H, n, n) for windows
+            arr = arr[0] if nw == 1 else arr  # (H, N_q, N_k) for global attention, (nW, H, n_q, n_k) for windows
             store.setdefault((pos, cond), []).append(arr.to(torch.float16).cpu().numpy())
 
     def __call__(self, lm: LayerMap) -> None:
         attn = lm.attn
         parts_n = 2 if self.cond is not None else 1
         total = self.n * parts_n
-        nw = attn.shape[0] // total if attn.shape[0] % total == 0 else 1
+        if attn.shape[0] % total:
+            self._note(f"{lm.layer.name}: maps of shape {tuple(attn.shape)} do not split into images; left out", -1)
+            return
+        nw = attn.shape[0] // total
         size = self.n * nw
         clean = attn[:size]
         corr = attn[size:2 * size] if self.cond is not None else None
-        if lm.kind != "token":
+        if not lm.is_token_attention:
             if self.with_clean:
-                self._keep(self.kept_cls, clean, 1, CLEAN)
+                self._keep(self.kept_cls, clean, nw, CLEAN)
             if corr is not None:
-                self._keep(self.kept_cls, corr, 1, self.cond)
+                self._keep(self.kept_cls, corr, nw, self.cond)
             return
         layer = lm.index
         self.windows.append(nw)
+        self.layers.append(_layer_meta(lm, nw))
         if self.with_clean:
             self._per_condition(clean, nw, CLEAN, self.plan.clean_metrics, layer)
             self._keep(self.kept, clean, nw, CLEAN)
@@ -349,7 +384,8 @@ class _Engine:
             self.keep_ids = set()  # NOTE: nowhere to write maps without a store or an explicit folder
         self.maps_root = maps_root if maps_root is not None else (store.root if store is not None else None)
         self.stats: dict[tuple[int, str, Condition], _Stats] = {}
-        self.layer_names: dict[int, list[str]] = {}
+        self.layer_info: dict[int, list[dict[str, Any]]] = {}  # per model: `_layer_meta` of each token layer
+        self.notes: dict[int, dict[str, set[int]]] = {}
         self.windows: dict[int, list[int]] = {}
         self.artifacts: list[dict[str, Any]] = []
 
@@ -384,11 +420,13 @@ class _Engine:
     # -- the run ----------------------------------------------------------------------------------------------
     def run(self) -> None:
         for e in self.entries:
+            problem = no_token_attention_message(e.model, e.name, need_token=True)
+            if problem:
+                raise UserError(problem)
+        for e in self.entries:
             e.model.eval()
             if self.store is not None:
                 self.store.register_model(e.name, e.checkpoint_sha256, e.checkpoint_path, e.card)
-            find = [layer for layer in find_attention_layers(e.model) if layer.kind == "token"]
-            self.layer_names[id(e)] = [layer.name for layer in find]
         done = {id(e): self._done(e) for e in self.entries}
         art_done = {id(e): self._artifact_done(e) for e in self.entries}
         map_conds = self._conditions_of_maps()
@@ -411,6 +449,29 @@ class _Engine:
                 self._run_batch(e, sub, done[id(e)], pil_cache, u8_cache)
                 if self.progress is not None:
                     self.progress(len(sub), total)
+        for e in self.entries:
+            if id(e) not in self.layer_info and records:
+                self._describe(e, records[0])
+
+    def _describe(self, e: ModelEntry, record: Any) -> None:
+        """Layer kinds, shapes and notes of a model none of whose images needed computing (a resumed run)."""
+        plan = _Plan(self.plan.command, [], self.plan.clean_metrics + self.plan.corrupted_metrics, [], False,
+                     self.plan.k, self.plan.tau)
+        x = normalize_u8(self._inputs(e, [record], CLEAN, {}, {}), e.preprocessing).to(_model_device(e.model))
+        reducer = _BatchReducer(plan, 1, None, True, [])
+        with torch.no_grad(), AttentionCapture(e.model, reduce=reducer, keep_maps=False):
+            e.model(x)
+        self._learn(e, reducer)
+
+    def _learn(self, e: ModelEntry, reducer: _BatchReducer) -> None:
+        if not reducer.windows:
+            raise UserError(f"{e.name}: the forward pass produced no token attention map; attnprobe cannot "
+                            "diagnose this model")
+        self.windows[id(e)] = reducer.windows
+        self.layer_info.setdefault(id(e), reducer.layers)
+        notes = self.notes.setdefault(id(e), {})
+        for what, layers in reducer.notes.items():
+            notes.setdefault(what, set()).update(layers)
 
     def _inputs(self, e: ModelEntry, sub: list, cond: Condition, pil_cache: dict, u8_cache: dict) -> np.ndarray:
         pre = e.preprocessing
@@ -443,10 +504,7 @@ class _Engine:
             reducer = _BatchReducer(self.plan, len(sub), cond, with_clean, keep_pos)
             with torch.no_grad(), AttentionCapture(e.model, reduce=reducer, keep_maps=False):
                 e.model(x)
-            if not reducer.windows:
-                raise UserError(f"{e.name}: the forward pass produced no token attention map; attnprobe cannot "
-                                "diagnose this model")
-            self.windows[id(e)] = reducer.windows
+            self._learn(e, reducer)
             self._write(e, sub, reducer, done)
             self._write_maps(e, sub, reducer, keep_pos, [clean_u8] + parts[1:], cond, with_clean)
 
@@ -488,7 +546,7 @@ class _Engine:
                 path = _artifact_path(self.maps_root, e, r.id, c)
                 seed = None if c.corruption is None else C.image_seed(r.id, c.corruption, c.severity)
                 meta = self._save_npz(path, e, r.id, c, seed, u8[pos], layers, reducer.kept_cls.get((pos, c), []),
-                                      reducer.windows)
+                                      reducer.layers)
                 info = {"model": e.name, "image": r.id, "condition": c.name, "severity": c.severity,
                         "path": str(path)}
                 if self.store is not None:
@@ -498,27 +556,34 @@ class _Engine:
 
     def _save_npz(self, path: Path, e: ModelEntry, image_id: str, cond: Condition, seed: int | None,
                   image: np.ndarray, layers: list[np.ndarray], cls_layers: list[np.ndarray],
-                  windows: list[int]) -> dict[str, Any]:
+                  info: list[dict[str, Any]]) -> dict[str, Any]:
         path.parent.mkdir(parents=True, exist_ok=True)
-        names = self.layer_names.get(id(e), [])
+        windows = [lay["windows"] for lay in info]
         arrays: dict[str, np.ndarray] = {"image": np.asarray(image, dtype=np.uint8)}
-        if len({a.shape for a in layers}) == 1 and all(w == 1 for w in windows):
+        # NOTE: one (L, H, N, N) stack only for global square maps of one shape; anything else (windows, spatial
+        # reduction, per-stage shapes) is stored layer by layer, which figure code reads as "no single N x N map"
+        square = all(a.shape[-1] == a.shape[-2] for a in layers)
+        if len({a.shape for a in layers}) == 1 and all(w == 1 for w in windows) and square:
             arrays["attn"] = np.stack(layers)
         else:
-            for i, a in enumerate(layers):
-                arrays[f"attn_{i:03d}"] = a
-        if cls_layers and len({a.shape for a in cls_layers}) == 1:
+            arrays.update({f"attn_{i:03d}": a for i, a in enumerate(layers)})
+        if len({a.shape for a in cls_layers}) == 1:
             arrays["cls_attn"] = np.stack(cls_layers)
+        else:
+            arrays.update({f"cls_attn_{i:03d}": a for i, a in enumerate(cls_layers)})
+        names = [lay["name"] for lay in info]
         arrays["layer_names"] = np.array(names if len(names) == len(layers) else [f"layer{i}" for i in
                                                                                   range(len(layers))])
-        n_tokens = int(layers[0].shape[-1])
-        prefix = _num_prefix_tokens(e.model, n_tokens) if windows and windows[0] == 1 else 0
-        side = math.isqrt(n_tokens - prefix)
+        first = next((lay for lay in info if lay["kind"] == "token"), None)  # the image's own token grid
+        n_tokens = first["keys"] if first is not None else 0
+        prefix = _num_prefix_tokens(e.model, n_tokens) if first is not None else 0
+        side = math.isqrt(max(n_tokens - prefix, 0))
         meta = {"format_version": ARTIFACT_VERSION, "model": e.name, "checkpoint_sha256": e.checkpoint_sha256,
                 "dataset": self.images.dataset, "image": image_id, "condition": cond.name, "severity": cond.severity,
                 "seed": seed, "seed_scheme": C.SEED_SCHEME if seed is not None else None,
                 "preprocessing": e.preprocessing.key(), "windows": list(windows), "num_prefix_tokens": prefix,
-                "grid": [side, side] if side * side == n_tokens - prefix else None, "num_layers": len(layers)}
+                "grid": [side, side] if side and side * side == n_tokens - prefix else None,
+                "num_layers": len(layers), "kinds": [lay["kind"] for lay in info]}
         arrays["meta"] = np.array(json.dumps(meta))
         tmp = path.with_name(path.name + ".tmp.npz")
         # NOTE: uncompressed: float16 attention barely compresses (~10%), and zlib took seconds per FAN-B image,
@@ -549,11 +614,29 @@ class _Engine:
 
     def base(self, e: ModelEntry, cond: Condition) -> dict[str, Any]:
         return {"model": e.name, "checkpoint_sha256": e.checkpoint_sha256, "dataset": self.images.dataset,
-                "condition": cond.name, "corruption": cond.corruption, "severity": cond.severity}
+                "condition": cond.name, "corruption": cond.corruption, "severity": cond.severity,
+                "notes": self.model_notes(e)}
 
-    def layer_name(self, e: ModelEntry, layer: int) -> str | None:
-        names = self.layer_names.get(id(e), [])
-        return names[layer] if layer < len(names) else None
+    def layer_meta(self, e: ModelEntry, layer: int) -> dict[str, Any]:
+        """`name`, `kind`, `heads`, `queries`, `keys`, `windows` of a token-attention layer (name None if unknown)."""
+        info = self.layer_info.get(id(e), [])
+        return dict(info[layer]) if layer < len(info) else {"name": None}
+
+    def model_notes(self, e: ModelEntry) -> list[str]:
+        """What was left out for this model, one line each (e.g. head similarity of single-head layers)."""
+        return [f"{what} (layers {_ranges(layers)})" if layers != {-1} else what
+                for what, layers in sorted(self.notes.get(id(e), {}).items())]
+
+
+def _ranges(values: Iterable[int]) -> str:
+    """`0-3, 5` for {0, 1, 2, 3, 5}."""
+    out: list[str] = []
+    for v in sorted(v for v in values if v >= 0):
+        if out and out[-1].rsplit("-", 1)[-1] == str(v - 1):
+            out[-1] = f"{out[-1].split('-')[0]}-{v}"
+        else:
+            out.append(str(v))
+    return ", ".join(out)
 
 
 def _round(x: float | None, digits: int = 6) -> float | None:
@@ -592,7 +675,7 @@ def stability(entries: Sequence[ModelEntry], images: ImageSet, corruption: str, 
             layers = []
             for layer in st.layers():
                 s = st.layer_summary(layer)
-                layers.append({"layer": layer, "name": eng.layer_name(e, layer), "mean_cosine": _round(s["mean"]),
+                layers.append({"layer": layer, **eng.layer_meta(e, layer), "mean_cosine": _round(s["mean"]),
                                "std_cosine": _round(s["std"]), "min_cosine": _round(s["min"]),
                                "max_cosine": _round(s["max"]), "per_head": [_round(v) for v in s.get("per_head", [])],
                                "n_images": s["n_images"]})
@@ -631,7 +714,7 @@ def overfocus(entries: Sequence[ModelEntry], images: ImageSet, corruption: str |
             layer_ids = sorted({lay for st in per_metric.values() for lay in st.layers()})
             layers = []
             for layer in layer_ids:
-                row: dict[str, Any] = {"layer": layer, "name": eng.layer_name(e, layer)}
+                row: dict[str, Any] = {"layer": layer, **eng.layer_meta(e, layer)}
                 for m, st in per_metric.items():
                     s = st.layer_summary(layer)
                     row[m] = _round(s["mean"]) if s else None
@@ -665,7 +748,7 @@ def heads(entries: Sequence[ModelEntry], images: ImageSet, corruption: str | Non
             layers = []
             for layer in st.layers():
                 s = st.layer_summary(layer)
-                layers.append({"layer": layer, "name": eng.layer_name(e, layer), "head_similarity": _round(s["mean"]),
+                layers.append({"layer": layer, **eng.layer_meta(e, layer), "head_similarity": _round(s["mean"]),
                                "std": _round(s["std"]), "min": _round(s["min"]), "max": _round(s["max"]),
                                "n_images": s["n_images"]})
             means = [lay["head_similarity"] for lay in layers]
@@ -705,21 +788,26 @@ def attention_maps(entries: Sequence[ModelEntry], images: ImageSet, corruption: 
                 if wanted and not any(x["path"] == a["abspath"] for x in arts):
                     arts.append({"model": e.name, "image": a["image"], "condition": a["condition"],
                                  "severity": int(a["severity"]), "path": a["abspath"]})
-        layers = [{"layer": i, "name": n} for i, n in enumerate(eng.layer_names.get(id(e), []))]
+        layers = [{"layer": i, **lay} for i, lay in enumerate(eng.layer_info.get(id(e), []))]
         results.append({"model": e.name, "checkpoint_sha256": e.checkpoint_sha256, "dataset": images.dataset,
+                        "notes": eng.model_notes(e),
                         "artifacts": sorted(arts, key=lambda a: (a["image"], a["condition"], a["severity"])),
                         "layers": layers})
     return DiagnosticsResult("attention", results, str(store.root) if store else None, eng.artifacts)
 
 
 def load_maps(path: str | Path) -> dict[str, Any]:
-    """Read an `attention_maps` artifact: `image`, `attn` (list of per-layer float32 arrays), `cls_attn`, `meta`."""
+    """Read an `attention_maps` artifact: `image`, `attn` (list of per-layer float32 arrays), `cls_attn` (list),
+    `layer_names`, `meta`."""
     with np.load(Path(path), allow_pickle=False) as z:
         meta = json.loads(str(z["meta"]))
         if "attn" in z.files:
             attn = [a.astype(np.float32) for a in z["attn"]]
         else:
             attn = [z[k].astype(np.float32) for k in sorted(f for f in z.files if f.startswith("attn_"))]
-        cls = [a.astype(np.float32) for a in z["cls_attn"]] if "cls_attn" in z.files else []
+        if "cls_attn" in z.files:
+            cls = [a.astype(np.float32) for a in z["cls_attn"]]
+        else:
+            cls = [z[k].astype(np.float32) for k in sorted(f for f in z.files if f.startswith("cls_attn_"))]
         return {"image": z["image"], "attn": attn, "cls_attn": cls, "layer_names": [str(s) for s in z["layer_names"]],
                 "meta": meta}
