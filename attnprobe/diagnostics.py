@@ -59,6 +59,7 @@ from torch import nn
 from attnprobe.capture import AttentionCapture, LayerMap, find_attention_layers
 from attnprobe.data import corruptions as C
 from attnprobe.data.images import ImageSet, model_input_u8, normalize_u8
+from attnprobe.engine.execution import Execution
 from attnprobe.errors import UserError
 from attnprobe.metrics import OVERFOCUS_METRICS, attention_cosine, head_similarity, overfocusing, window_mean
 from attnprobe.store import DiagKey, ResultsStore
@@ -92,6 +93,8 @@ class ModelEntry:
         preprocessing: the model's `attnprobe.zoo.Preprocessing` (default: 224 px, bicubic, crop 0.9, ImageNet stats).
         checkpoint_path: the weights file, for the store's model registry.
         card: the zoo card, for the store's model registry.
+        precision: "fp32" (default), "bf16" or "fp16" (autocast); values in reduced precision are stored under the
+            dataset id with `;precision=...` appended, never mixed with fp32 ones.
     """
 
     name: str
@@ -100,6 +103,7 @@ class ModelEntry:
     preprocessing: Any = None
     checkpoint_path: str | None = None
     card: dict[str, Any] = field(default_factory=dict)
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         if self.preprocessing is None:
@@ -249,6 +253,8 @@ def _slug(text: str) -> str:
 
 def _artifact_path(root: Path, entry: ModelEntry, image_id: str, cond: Condition) -> Path:
     sub = cond.name if cond.corruption is None else f"{cond.name}-s{cond.severity}"
+    if entry.precision != "fp32":  # NOTE: reduced-precision maps never overwrite fp32 ones
+        sub = f"{sub}-{entry.precision}"
     return root / "maps" / _slug(entry.name) / entry.checkpoint_sha256.replace(":", "_")[:12] / sub / \
         f"{_slug(image_id)}.npz"
 
@@ -303,7 +309,7 @@ class _BatchReducer:
             store.setdefault((pos, cond), []).append(arr.to(torch.float16).cpu().numpy())
 
     def __call__(self, lm: LayerMap) -> None:
-        attn = lm.attn
+        attn = lm.attn.float()  # NOTE: metrics in fp32 also when the model runs in bf16/fp16
         parts_n = 2 if self.cond is not None else 1
         total = self.n * parts_n
         nw = attn.shape[0] // total if attn.shape[0] % total == 0 else 1
@@ -441,7 +447,8 @@ class _Engine:
                 parts.append(self._inputs(e, sub, cond, pil_cache, u8_cache))
             x = normalize_u8(np.concatenate(parts), e.preprocessing).to(device)
             reducer = _BatchReducer(self.plan, len(sub), cond, with_clean, keep_pos)
-            with torch.no_grad(), AttentionCapture(e.model, reduce=reducer, keep_maps=False):
+            with torch.no_grad(), Execution(e.precision).autocast(device), \
+                    AttentionCapture(e.model, reduce=reducer, keep_maps=False):
                 e.model(x)
             if not reducer.windows:
                 raise UserError(f"{e.name}: the forward pass produced no token attention map; attnprobe cannot "
@@ -556,6 +563,19 @@ class _Engine:
         return names[layer] if layer < len(names) else None
 
 
+def _tag_precision(images: ImageSet, entries: Sequence[ModelEntry]) -> ImageSet:
+    """`images` under the dataset id of the entries' precision (`;precision=bf16` appended; fp32 unchanged)."""
+    from attnprobe.engine.execution import parse_precision, tag_preprocessing
+
+    precisions = {parse_precision(e.precision) for e in entries}
+    if len(precisions) > 1:
+        raise UserError("all models of one diagnostics run must use the same precision; run them separately")
+    precision = precisions.pop() if precisions else "fp32"
+    for e in entries:
+        e.precision = precision
+    return images if precision == "fp32" else ImageSet(tag_preprocessing(images.dataset, precision), images.records)
+
+
 def _round(x: float | None, digits: int = 6) -> float | None:
     return None if x is None else round(float(x), digits)
 
@@ -581,6 +601,7 @@ def stability(entries: Sequence[ModelEntry], images: ImageSet, corruption: str, 
         One result per (model, severity): `mean_cosine` over layers, heads and images, and `layers`, each with
         `layer`, `name`, `mean_cosine`, `std_cosine`, `min_cosine`, `max_cosine`, `per_head`, `n_images`.
     """
+    images = _tag_precision(images, entries)
     conds = corrupted_conditions(corruption, severities)
     plan = _Plan("stability", conds, clean_metrics=[], corrupted_metrics=[], cosine=True)
     eng = _Engine(plan, entries, images, store, batch_size, keep_maps, fresh, progress, None)
@@ -619,6 +640,7 @@ def overfocus(entries: Sequence[ModelEntry], images: ImageSet, corruption: str |
         raise UserError(f"--k must be at least 1, got {k}")
     if tau <= 0:
         raise UserError(f"--tau must be positive, got {tau}")
+    images = _tag_precision(images, entries)
     conds = _with_clean(corruption, severities)
     metrics = list(OVERFOCUS_METRICS)
     plan = _Plan("overfocus", conds, clean_metrics=metrics, corrupted_metrics=metrics, cosine=False, k=k, tau=tau)
@@ -654,6 +676,7 @@ def heads(entries: Sequence[ModelEntry], images: ImageSet, corruption: str | Non
         One result per (model, condition): `head_similarity` (mean over layers and images) and `layers`, each with
         `head_similarity`, `std`, `min`, `max`, `n_images`.
     """
+    images = _tag_precision(images, entries)
     conds = _with_clean(corruption, severities)
     plan = _Plan("heads", conds, clean_metrics=[HEADS_METRIC], corrupted_metrics=[HEADS_METRIC], cosine=False)
     eng = _Engine(plan, entries, images, store, batch_size, keep_maps, fresh, progress, None)
@@ -689,6 +712,7 @@ def attention_maps(entries: Sequence[ModelEntry], images: ImageSet, corruption: 
     """
     if store is None and out_dir is None:
         raise UserError("attention maps need somewhere to go; pass --out DIR")
+    images = _tag_precision(images, entries)
     conds = _with_clean(corruption, severities)
     plan = _Plan("attention", conds, clean_metrics=[], corrupted_metrics=[], cosine=False)
     eng = _Engine(plan, entries, images, store, batch_size, None, fresh, progress,

@@ -21,3 +21,14 @@ FRESH = typer.Option(False, "--fresh", help="Recompute what the store already ho
 STRICT = typer.Option(False, "--strict", help="Fail on an unreadable file instead of skipping and counting it.")
 JSON = typer.Option(False, "--json", help="Print the result as JSON on stdout (nothing else there; no progress bar).")
 QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar and no warnings.")
+
+# -- GPUs and precision (see attnprobe.engine.execution and attnprobe.engine.device_input) ---------------------------
+PRECISION = typer.Option("fp32", "--precision", help="fp32 (default; paper numbers), bf16 or fp16: the model runs "
+                         "under torch.autocast. A few predictions change; such results are stored apart from fp32.")
+DECODE = typer.Option("auto", "--decode", help="Where JPEGs are decoded and resized: auto (on the GPU when running "
+                      "on CUDA, else cpu), cpu (PIL in the loader workers), gpu, or device (the compute device, also "
+                      "on CPU). Same tensors as the CPU path; nvJPEG results are stored under their own key.")
+COMPILE = typer.Option(False, "--compile", help="torch.compile the model (compiles at the first batch; faster on "
+                       "GPUs for long runs).")
+CHANNELS_LAST = typer.Option(None, "--channels-last/--no-channels-last", help="NHWC memory format for model and "
+                             "inputs (default: on CUDA for models with convolutions).")

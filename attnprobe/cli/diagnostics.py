@@ -36,12 +36,14 @@ def _fmt(x: Any, digits: int = 3) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
-def load_entries(models: list[str], ckpts: Optional[list[str]], device: Optional[str], quiet: bool = False) -> list:
-    """Load every `--model` with its `--ckpt` (same order) onto `device` as `ModelEntry`s."""
+def load_entries(models: list[str], ckpts: Optional[list[str]], device: Optional[str], quiet: bool = False,
+                 precision: str = "fp32") -> list:
+    """Load every `--model` with its `--ckpt` (same order) onto `device` as `ModelEntry`s run in `precision`."""
     import torch
 
     from attnprobe.cli._loading import load_cli_model, pair_models
     from attnprobe.diagnostics import ModelEntry
+    from attnprobe.engine.execution import Execution
 
     pairs = pair_models(models, ckpts)
     try:
@@ -50,12 +52,17 @@ def load_entries(models: list[str], ckpts: Optional[list[str]], device: Optional
         raise UserError(f"unknown --device {device!r}; use cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    ex = Execution(precision)
+    ex.check(dev)
 
     def warn(message: str) -> None:
         if not quiet:
             err_console.print(f"[yellow]warning:[/] {message}", soft_wrap=True)
 
-    return [ModelEntry.from_loaded(load_cli_model(name, ckpt, dev, warn=warn)) for name, ckpt in pairs]
+    entries = [ModelEntry.from_loaded(load_cli_model(name, ckpt, dev, warn=warn)) for name, ckpt in pairs]
+    for e in entries:
+        e.precision = ex.precision
+    return entries
 
 
 def _images(data: Optional[Path], image: Optional[list[Path]], n: Optional[int]) -> Any:
@@ -139,6 +146,7 @@ def stability_cli(
     keep_maps: int = typer.Option(2, "--keep-maps", min=0, help="Save full maps of the first K images for figures."),
     batch_size: int = _BATCH,
     device: Optional[str] = O.DEVICE,
+    precision: str = O.PRECISION,
     fresh: bool = _FRESH,
     json_out: bool = O.JSON,
     quiet: bool = O.QUIET,
@@ -150,7 +158,7 @@ def stability_cli(
     validate_corruption(corruption)
     sev = _severities(severity)
     imgs = _images(data, image, n)
-    entries = load_entries(model, ckpt, device, quiet=quiet)
+    entries = load_entries(model, ckpt, device, quiet=quiet, precision=precision)
     res = _run(D.stability, quiet, json_out, entries=entries, images=imgs, corruption=corruption, severities=sev,
                store=_store(out), batch_size=batch_size, keep_maps=keep_maps, fresh=fresh)
     if json_out:
@@ -176,6 +184,7 @@ def overfocus_cli(
     out: Path = O.OUT,
     batch_size: int = _BATCH,
     device: Optional[str] = O.DEVICE,
+    precision: str = O.PRECISION,
     fresh: bool = _FRESH,
     json_out: bool = O.JSON,
     quiet: bool = O.QUIET,
@@ -189,7 +198,7 @@ def overfocus_cli(
         validate_corruption(corruption)
     sev = _severities(severity)
     imgs = _images(data, image, n)
-    entries = load_entries(model, ckpt, device, quiet=quiet)
+    entries = load_entries(model, ckpt, device, quiet=quiet, precision=precision)
     res = _run(D.overfocus, quiet, json_out, entries=entries, images=imgs, corruption=corruption, severities=sev,
                k=k, tau=tau, store=_store(out), batch_size=batch_size, fresh=fresh)
     if json_out:
@@ -224,6 +233,7 @@ def heads_cli(
     out: Path = O.OUT,
     batch_size: int = _BATCH,
     device: Optional[str] = O.DEVICE,
+    precision: str = O.PRECISION,
     fresh: bool = _FRESH,
     json_out: bool = O.JSON,
     quiet: bool = O.QUIET,
@@ -236,7 +246,7 @@ def heads_cli(
         validate_corruption(corruption)
     sev = _severities(severity)
     imgs = _images(data, image, n)
-    entries = load_entries(model, ckpt, device, quiet=quiet)
+    entries = load_entries(model, ckpt, device, quiet=quiet, precision=precision)
     res = _run(D.heads, quiet, json_out, entries=entries, images=imgs, corruption=corruption, severities=sev,
                store=_store(out), batch_size=batch_size, fresh=fresh)
     if json_out:
@@ -261,6 +271,7 @@ def attention_cli(
     out: Path = O.OUT,
     batch_size: int = _BATCH,
     device: Optional[str] = O.DEVICE,
+    precision: str = O.PRECISION,
     fresh: bool = _FRESH,
     json_out: bool = O.JSON,
     quiet: bool = O.QUIET,
@@ -273,7 +284,7 @@ def attention_cli(
         validate_corruption(corruption)
     sev = _severities(severity)
     imgs = _images(data, image, n)
-    entries = load_entries(model, ckpt, device, quiet=quiet)
+    entries = load_entries(model, ckpt, device, quiet=quiet, precision=precision)
     res = _run(D.attention_maps, quiet, json_out, entries=entries, images=imgs, corruption=corruption,
                severities=sev, store=_store(out), batch_size=batch_size, fresh=fresh)
     if json_out:
