@@ -96,12 +96,16 @@ def device_batches(enc: EncodedImages, batch: int) -> list[tuple[EncodedBatch, t
     return [collate([enc[i] for i in range(s, min(s + batch, len(enc)))]) for s in range(0, len(enc), batch)]
 
 
-@pytest.mark.parametrize("name", ["clean", "released", "eval-bilinear", "pgd-pixels"])
-def test_device_path_gives_the_cpu_path_tensors(tmp_path: Path, name: str) -> None:
+@pytest.mark.parametrize("name,in_worker", [("clean", False), ("released", False), ("eval-bilinear", False),
+                                            ("pgd-pixels", False), ("clean", True)])
+def test_device_path_gives_the_cpu_path_tensors(tmp_path: Path, name: str, in_worker: bool) -> None:
     kinds = write_mixed_folder(tmp_path)
     ds = ImageFolderDataset(tmp_path, transforms()[name])
-    enc = ds.encoded()
+    enc = ds.encoded(in_worker=in_worker)
     assert isinstance(enc, EncodedImages) and enc.fingerprint == ds.fingerprint and len(enc) == len(ds)
+    shipped = [enc[i][0] for i in range(len(enc))]
+    assert all((im.data is None) == in_worker or kinds[rel] not in ("jpeg", "progressive", "grey")
+               for im, (rel, _) in zip(shipped, ds.samples))
     stage = DeviceInput(enc.recipe, CPU)
     xs, oks = [], []
     for batch, targets, ok in device_batches(enc, 5):
@@ -165,8 +169,10 @@ def test_recipe_fit_resizes_only_images_of_another_size() -> None:
 
 def test_resolve_decode() -> None:
     assert resolve_decode("auto", CPU) == "cpu" and resolve_decode(None, CPU) == "cpu"
-    assert resolve_decode("auto", torch.device("cuda", 0)) == "device"
+    assert resolve_decode("auto", torch.device("cuda", 0)) == "workers"  # the exact path
+    assert resolve_decode("gpu", torch.device("cuda", 0)) == "device"
     assert resolve_decode("device", CPU) == "device" and resolve_decode("CPU", CPU) == "cpu"
+    assert resolve_decode("workers", CPU) == "workers"
     with pytest.raises(UserError, match="needs a CUDA device"):
         resolve_decode("gpu", CPU)
     with pytest.raises(UserError, match="unknown --decode"):

@@ -68,7 +68,7 @@ def test_reduced_precision_results_are_stored_apart(tmp_path: Path) -> None:
     assert a.key == key and b.key.preprocessing == "size=5;precision=bf16"
     assert a.correct == b.correct == 30 and not b.cached and c.cached  # bf16 never reuses fp32 counts
     assert sorted(r["preprocessing"] for r in rows) == ["size=5", "size=5;precision=bf16"]
-    info = {r["preprocessing"]: json.loads(r["info"]) if isinstance(r["info"], str) else r["info"] for r in rows}
+    info = {r["preprocessing"]: r["info"] for r in rows}
     assert info["size=5"]["precision"] == "fp32" and info["size=5;precision=bf16"]["precision"] == "bf16"
     assert info["size=5"]["decode"] == "pil" and info["size=5"]["compile"] is False
 
@@ -111,15 +111,17 @@ def test_device_decode_gives_the_same_predictions_on_the_demo_models(tmp_path: P
 
     lm = load_model(name, pretrained=True)
     spec = clean_cell(lm, synthetic_folder(tmp_path / "val", 60))
-    with ResultsStore(tmp_path / "cpu") as s1, ResultsStore(tmp_path / "dev") as s2:
+    with ResultsStore(tmp_path / "cpu") as s1, ResultsStore(tmp_path / "dev") as s2, \
+            ResultsStore(tmp_path / "workers") as s3:
         [a] = run_cells(lm.model, [spec], s1, batch_size=16, workers=0, decode="cpu")
         [b] = run_cells(lm.model, [spec], s2, batch_size=16, workers=2, decode="device")
-        bits_a, bits_b = s1.sample_correctness(a.key), s2.sample_correctness(b.key)
-        info = s2.cells(task="clean")[0]["info"]
-    assert a.key == b.key  # on CPU the device path gives PIL's tensors: same key, same numbers
-    assert a.n == b.n == 60 and a.correct == b.correct and a.correct > 20
-    assert bits_a.tolist() == bits_b.tolist()
-    assert "libjpeg-turbo" in (info if isinstance(info, str) else json.dumps(info))
+        [c] = run_cells(lm.model, [spec], s3, batch_size=16, workers=0, decode="workers")
+        bits = [s.sample_correctness(r.key).tolist() for s, r in ((s1, a), (s2, b), (s3, c))]
+        decoders = [s.cells(task="clean")[0]["info"]["decode"] for s in (s1, s2, s3)]
+    assert a.key == b.key == c.key  # on CPU the device paths give PIL's tensors: same key, same numbers
+    assert a.n == b.n == c.n == 60 and a.correct == b.correct == c.correct and a.correct > 20
+    assert bits[0] == bits[1] == bits[2]
+    assert decoders == ["pil", "libjpeg-turbo (main process) + cpu transform", "pil (workers) + cpu transform"]
 
 
 def test_device_decode_on_a_released_tree_with_unreadable_files(tmp_path: Path) -> None:
@@ -155,7 +157,7 @@ def test_compile_gives_the_eager_predictions(tmp_path: Path) -> None:
         [b] = run_cells(lm.model, [spec], s2, batch_size=12, workers=0, compile=True)
         assert s1.sample_correctness(a.key).tolist() == s2.sample_correctness(b.key).tolist()
         info = s2.cells(task="clean")[0]["info"]
-    assert a.key == b.key and '"compile": true' in (info if isinstance(info, str) else json.dumps(info))
+    assert a.key == b.key and info["compile"] is True
 
 
 def test_cli_precision_and_decode_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

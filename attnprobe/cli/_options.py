@@ -25,9 +25,10 @@ QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar and no warnin
 # -- GPUs and precision (see attnprobe.engine.execution and attnprobe.engine.device_input) ---------------------------
 PRECISION = typer.Option("fp32", "--precision", help="fp32 (default; paper numbers), bf16 or fp16: the model runs "
                          "under torch.autocast. A few predictions change; such results are stored apart from fp32.")
-DECODE = typer.Option("auto", "--decode", help="Where JPEGs are decoded and resized: auto (on the GPU when running "
-                      "on CUDA, else cpu), cpu (PIL in the loader workers), gpu, or device (the compute device, also "
-                      "on CPU). Same tensors as the CPU path; nvJPEG results are stored under their own key.")
+DECODE = typer.Option("auto", "--decode", help="Where images are decoded and resized: cpu (both in the loader "
+                      "workers), workers (PIL decodes in the workers, the GPU resizes and normalises; same tensors), "
+                      "gpu (nvJPEG decodes on the GPU too; close, not identical: stored under its own key), device "
+                      "(gpu, or on CPU libjpeg-turbo in the main process). Default auto: workers on CUDA, else cpu.")
 COMPILE = typer.Option(False, "--compile", help="torch.compile the model (compiles at the first batch; faster on "
                        "GPUs for long runs).")
 CHANNELS_LAST = typer.Option(None, "--channels-last/--no-channels-last", help="NHWC memory format for model and "

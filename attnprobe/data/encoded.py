@@ -4,8 +4,9 @@
 `(EncodedImage, target, ok)`. A worker reads the file and looks at its JPEG header (no decoding): a plain JPEG
 (baseline or progressive, 8-bit, grey or YCbCr, ending with its EOI marker) travels as bytes and is decoded in
 batches on the device (`attnprobe.engine.device_input`); anything else (PNG, CMYK JPEG, a truncated file, ...) is
-decoded by PIL in the worker, exactly as on the CPU path, and travels as pixels. An unreadable file gives
-`ok=False`, as on the CPU path.
+decoded by PIL in the worker, exactly as on the CPU path, and travels as uint8 pixels. With `in_worker=True` every
+file is decoded by PIL in the worker (exact everywhere; the device still resizes and normalises). An unreadable file
+gives `ok=False`, as on the CPU path.
 
 `collate` makes one `EncodedBatch` of a batch's items (a DataLoader `collate_fn`; other items go to torch's default
 collate, so one loader can serve cells of both kinds).
@@ -13,6 +14,7 @@ collate, so one loader can serve cells of both kinds).
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -113,10 +115,12 @@ class EncodedImages(Dataset):
             transform).
         recipe: the tensor version of its transform (`attnprobe.data.tensor_transforms.TensorRecipe`).
         progressive: let the device decode progressive JPEGs (else PIL decodes them in the worker).
+        in_worker: decode every file with PIL in the worker (only the transform runs on the device).
     """
 
-    def __init__(self, folder: Any, recipe: Any, progressive: bool = True) -> None:
-        self.folder, self.recipe, self.progressive = folder, recipe, progressive
+    def __init__(self, folder: Any, recipe: Any, progressive: bool = True, in_worker: bool = False) -> None:
+        self.folder, self.recipe = folder, recipe
+        self.progressive, self.in_worker = progressive, in_worker
 
     def __len__(self) -> int:
         return len(self.folder)
@@ -133,11 +137,13 @@ class EncodedImages(Dataset):
         path = self.folder.root / self.folder.samples[i][0]
         with open(path, "rb") as f:
             raw = f.read()
-        if device_decodable_jpeg(raw, self.progressive):
+        if not self.in_worker and device_decodable_jpeg(raw, self.progressive):
             return EncodedImage(i, data=torch.frombuffer(bytearray(raw), dtype=torch.uint8))
-        from attnprobe.data.folders import load_rgb
+        from PIL import Image
 
-        img = load_rgb(path)
+        with Image.open(io.BytesIO(raw)) as im:  # NOTE: as `load_rgb` does, from the bytes already read
+            im.load()
+            img = im.convert("RGB")
         return EncodedImage(i, pixels=torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1))
 
     def __getitem__(self, i: int) -> tuple[Any, ...]:

@@ -205,10 +205,11 @@ class ImageFolderDataset(Dataset):
             return self.blank(), target, False
         return self.transform(self.prepare(img, i)), target, True
 
-    def encoded(self, progressive: bool = True) -> Dataset | None:
+    def encoded(self, progressive: bool = True, in_worker: bool = False) -> Dataset | None:
         """This dataset for the device input path (`attnprobe.data.encoded.EncodedImages`: files as bytes, decoded
-        and transformed on the device with the same result), or None when its pixels need the CPU (a `load` or
-        `prepare` hook such as corrupting on the fly, or a transform without a tensor version)."""
+        and transformed on the device with the same result; `in_worker`: decoded by PIL in the loader workers,
+        transformed on the device), or None when its pixels need the CPU (a `load` or `prepare` hook such as
+        corrupting on the fly, or a transform without a tensor version)."""
         recipe_of = getattr(self.transform, "tensor_recipe", None)
         plain = type(self).load is ImageFolderDataset.load and type(self).prepare is ImageFolderDataset.prepare
         if recipe_of is None or not plain:
@@ -218,4 +219,4 @@ class ImageFolderDataset(Dataset):
             return None
         from attnprobe.data.encoded import EncodedImages
 
-        return EncodedImages(self, recipe, progressive=progressive)
+        return EncodedImages(self, recipe, progressive=progressive, in_worker=in_worker)

@@ -1,15 +1,16 @@
 """The device input path: JPEG decoding, resize, crop and normalisation on the compute device.
 
-On a GPU, PIL decoding and resizing in the loader workers (a few hundred images per core and second) cannot keep up
-with a model that runs thousands of images per second. With `decode="device"` the workers only read files
-(`attnprobe.data.encoded`); `DeviceInput` decodes each batch with `torchvision.io.decode_jpeg` on the device
-(nvJPEG on CUDA, libjpeg-turbo on CPU) and applies the cell's transform with `attnprobe.data.tensor_transforms`
-(Pillow's resampling reimplemented exactly), so the model sees the tensors of the CPU path:
+On a GPU, PIL decoding, resizing and float conversion in the loader workers (a few hundred full-size images per core
+and second) cannot keep up with a model that runs thousands of images per second. Two device paths (`--decode`):
 
-* on CPU the whole path is bit-identical to PIL (same libjpeg-turbo decoder, exact resampling; tested), so it can be
-  tested here end to end, and the CUDA path is the same code with `device="cuda"`;
-* on CUDA, nvJPEG's IDCT and chroma upsampling are not libjpeg's, so pixels can differ slightly: results decoded
-  with nvJPEG are stored under their own preprocessing key (`;decode=nvjpeg`, see `decoder_tag`).
+* `workers`: the workers only decode (PIL, as the CPU path) and ship uint8 pixels; resize, crop and normalisation
+  run on the device (`attnprobe.data.tensor_transforms`: Pillow's resampling reimplemented exactly). Bit-identical
+  to the CPU path on every device, so it is the default on CUDA.
+* `device` (`gpu`): the workers only read files (`attnprobe.data.encoded`); `DeviceInput` also decodes each batch
+  with `torchvision.io.decode_jpeg` on the device. On CPU that is libjpeg-turbo, bit-identical to PIL (tested), so
+  the whole path is tested here and the CUDA path is the same code with `device="cuda"`. On CUDA it is nvJPEG,
+  whose IDCT and chroma upsampling are not libjpeg's (torchvision's own tests allow a mean difference of 2 levels),
+  so results decoded with nvJPEG are stored under their own preprocessing key (`;decode=nvjpeg`, `decoder_tag`).
 
 Files the device cannot decode like PIL (PNG, CMYK JPEGs, truncated files) are decoded by PIL in the worker; a batch
 that nvJPEG rejects is retried image by image, then with PIL, so an unreadable image is skipped exactly as on the
@@ -28,11 +29,16 @@ from attnprobe.data.encoded import EncodedBatch
 from attnprobe.data.tensor_transforms import TensorRecipe
 from attnprobe.errors import UserError
 
-__all__ = ["DECODE_CHOICES", "DeviceInput", "U8Stage", "decode_jpegs", "decoder_tag", "resolve_decode"]
+__all__ = ["AUTO_ON_CUDA", "DECODE_CHOICES", "DeviceInput", "U8Stage", "decode_jpegs", "decoder_name", "decoder_tag",
+           "resolve_decode"]
 
-#: `--decode` values: auto (device on CUDA, else cpu), cpu (PIL in the loader workers), device (decode on the compute
-#: device: the GPU on CUDA, the main process on CPU), gpu (device, but insist on CUDA).
-DECODE_CHOICES = ("auto", "cpu", "device", "gpu")
+#: `--decode` values: auto (workers on CUDA, else cpu), cpu (decode and transform in the loader workers), workers
+#: (decode in the workers, transform on the device), device (both on the compute device: nvJPEG on CUDA,
+#: libjpeg-turbo in the main process on CPU), gpu (device, but insist on CUDA).
+DECODE_CHOICES = ("auto", "cpu", "workers", "device", "gpu")
+
+#: What `auto` picks on CUDA: the exact path. nvJPEG (`gpu`) is faster per CPU core but not bit-identical.
+AUTO_ON_CUDA = "workers"
 
 #: A stage on decoded, resized uint8 batches before normalisation, e.g. a torch corruption engine that keeps images on
 #: the device: `stage(images_u8 (B, 3, S, S), batch) -> (B, 3, S, S) uint8`; `batch.index` names the samples.
@@ -40,7 +46,7 @@ U8Stage = Callable[[torch.Tensor, EncodedBatch], torch.Tensor]
 
 
 def resolve_decode(requested: str | None, device: torch.device) -> str:
-    """"cpu" or "device" for a `--decode` value on `device` ("auto" picks the device path on CUDA only)."""
+    """"cpu", "workers" or "device" for a `--decode` value on `device` ("auto": `AUTO_ON_CUDA` on CUDA, else cpu)."""
     r = (requested or "auto").strip().lower()
     if r not in DECODE_CHOICES:
         raise UserError(f"unknown --decode {requested!r}; use one of {', '.join(DECODE_CHOICES)}")
@@ -50,14 +56,23 @@ def resolve_decode(requested: str | None, device: torch.device) -> str:
                             f"(decode in the main process) or --decode cpu")
         return "device"
     if r == "auto":
-        return "device" if device.type == "cuda" else "cpu"
+        return AUTO_ON_CUDA if device.type == "cuda" else "cpu"
     return r
 
 
-def decoder_tag(device: torch.device) -> str:
-    """The preprocessing-key suffix of cells decoded on `device`: "" where the pixels equal PIL's (CPU), else the
-    decoder's name (nvJPEG on CUDA)."""
-    return ";decode=nvjpeg" if device.type == "cuda" else ""
+def decoder_tag(decode: str, device: torch.device) -> str:
+    """The preprocessing-key suffix of cells read with `decode` on `device`: "" where the pixels equal PIL's (every
+    path but nvJPEG), else the decoder's name."""
+    return ";decode=nvjpeg" if decode == "device" and device.type == "cuda" else ""
+
+
+def decoder_name(decode: str, device: torch.device) -> str:
+    """What decoded and transformed a cell's images (stored in the cell's info)."""
+    if decode == "cpu":
+        return "pil"
+    if decode == "workers":
+        return f"pil (workers) + {device.type} transform"
+    return "nvjpeg" if device.type == "cuda" else "libjpeg-turbo (main process) + cpu transform"
 
 
 def decode_jpegs(data: Sequence[torch.Tensor], device: torch.device) -> list[torch.Tensor]:

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from attnprobe import distributed as D
 from attnprobe.data.encoded import EncodedBatch, collate
 from attnprobe.engine.cells import CellResult, CellSpec
-from attnprobe.engine.device_input import DeviceInput, decoder_tag, resolve_decode
+from attnprobe.engine.device_input import DeviceInput, decoder_name, decoder_tag, resolve_decode
 from attnprobe.engine.execution import Execution, tag_preprocessing
 from attnprobe.engine.loader import Chunk, ChunkBatches, ConcatCells, loader_settings
 from attnprobe.engine.plan import CellPlan, chunks_to_compute, plan_cells
@@ -67,9 +67,10 @@ def run_cells(model: nn.Module, cells: Sequence[CellSpec], store: ResultsStore |
         progress: receives progress events (rank 0 only); `None` is silent.
         precision: "fp32" (default, for paper numbers), "bf16" or "fp16" (`torch.autocast`); reduced precision
             changes a few predictions, so its cells are stored under their own key (`execution.tag_preprocessing`).
-        decode: "auto" (the device path on CUDA), "cpu" (PIL in the loader workers), "device" or "gpu": datasets
-            with an `encoded()` variant are decoded and transformed on the device (`engine.device_input`); others
-            (e.g. corrupted on the fly) keep the CPU path.
+        decode: "auto" ("workers" on CUDA, else "cpu"), "cpu" (decode and transform in the loader workers),
+            "workers" (decode in the workers, resize/crop/normalise on the device), "device" or "gpu" (decode on the
+            device too; nvJPEG on CUDA): datasets with an `encoded()` variant take the device path
+            (`engine.device_input`); others (e.g. corrupted on the fly) keep the CPU path.
         channels_last: NHWC model and inputs (None: on CUDA for models with convolutions).
         compile: `torch.compile` the model (compiled at the first batch; nothing is compiled if all is stored).
         autocast_dtype: the older spelling of `precision` as a dtype (used when given).
@@ -138,13 +139,12 @@ def _input_paths(cells: Sequence[CellSpec], decode: str, dev: torch.device, info
     for spec in cells:
         enc_of = getattr(spec.dataset, "encoded", None)
         # NOTE: nvJPEG decodes progressive JPEGs one by one on a slow path; the workers' PIL is faster for those
-        enc = enc_of(progressive=dev.type != "cuda") if decode == "device" and callable(enc_of) else None
-        pre = tag_preprocessing(spec.key.preprocessing, info["precision"])
-        if enc is not None:
-            pre += decoder_tag(dev)
-        decoder = ("nvjpeg" if dev.type == "cuda" else "libjpeg-turbo (device path)") if enc is not None else "pil"
+        enc = (enc_of(progressive=dev.type != "cuda", in_worker=decode == "workers")
+               if decode != "cpu" and callable(enc_of) else None)
+        path = decode if enc is not None else "cpu"
+        pre = tag_preprocessing(spec.key.preprocessing, info["precision"]) + decoder_tag(path, dev)
         out_cells.append(CellSpec(replace(spec.key, preprocessing=pre), spec.dataset,
-                                  {**spec.info, **info, "decode": decoder}))
+                                  {**spec.info, **info, "decode": decoder_name(path, dev)}))
         datasets.append(enc if enc is not None else spec.dataset)
         inputs.append(DeviceInput(enc.recipe, dev) if enc is not None else None)
     return out_cells, datasets, inputs
