@@ -2,7 +2,7 @@
 
     python bench/bench_scale.py                                        # CPU: a tiny ViT, a small generated tree
     python bench/bench_scale.py --model fan_base_16_p4_hybrid --device cuda --cells 3 --per-cell 4000 \\
-        --batch-size 256 --workers 16 --precision fp32,bf16 --decode cpu,gpu      # the GPU measurement (README)
+        --batch-size 256 --workers 16 --precision fp32,bf16 --decode cpu,workers,gpu   # the GPU measurement
 
 The script writes an ImageNet-C-format tree (`<root>/<corruption>/<severity>/<wnid>/*.JPEG`, 224 x 224, JPEG
 quality 85 like the released files; the pixels are random crops of the bundled photos with a little noise, so every
@@ -160,7 +160,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--batch-size", type=int, default=256 if cuda else 32)
     ap.add_argument("--workers", type=int, default=None, help="loader workers (default: attnprobe's default)")
     ap.add_argument("--precision", default="fp32,bf16", help="comma-separated: fp32, bf16, fp16")
-    ap.add_argument("--decode", default="cpu,gpu" if cuda else "cpu,device", help="comma-separated: cpu, device, gpu")
+    ap.add_argument("--decode", default="cpu,workers,gpu" if cuda else "cpu,workers,device",
+                    help="comma-separated: cpu, workers, device, gpu")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model (both measurements)")
     ap.add_argument("--repeats", type=int, default=2, help="timed passes of each configuration (interleaved)")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
@@ -212,7 +213,7 @@ def report(args: argparse.Namespace, configs: list[tuple[str, str]], runs: dict,
     print(f"model={args.model} device={args.device} ({name}) images={n_images} ({args.cells} cells x "
           f"{args.per_cell}, {args.image_size} px JPEG q85) batch={args.batch_size} workers={args.workers} "
           f"threads={torch.get_num_threads()} compile={args.compile} repeats={args.repeats} torch={torch.__version__}")
-    print(f"{'precision':9} {'decode':6} {'end-to-end':>11} {'model only':>11} {'input only':>11} {'ratio':>6} "
+    print(f"{'precision':9} {'decode':7} {'end-to-end':>11} {'model only':>11} {'input only':>11} {'ratio':>6} "
           f"{'full ImageNet-C':>16}")
     rows = []
     for precision, decode in configs:
@@ -221,7 +222,7 @@ def report(args: argparse.Namespace, configs: list[tuple[str, str]], runs: dict,
         hours = FULL_IMAGENET_C / e2e / 3600
         rows.append({"precision": precision, "decode": decode, "e2e": e2e, "model": mod, "input": inp,
                      "ratio": e2e / mod, "hours": hours})
-        print(f"{precision:9} {decode:6} {e2e:9.1f}/s {mod:9.1f}/s {inp:9.1f}/s {e2e / mod:6.3f} "
+        print(f"{precision:9} {decode:7} {e2e:9.1f}/s {mod:9.1f}/s {inp:9.1f}/s {e2e / mod:6.3f} "
               f"{hours:13.2f} h")
     print("ratio = end-to-end / model only (goal on a GPU: >= 0.8); images/s are medians over the timed passes; "
           "full ImageNet-C = 3.8M images at the end-to-end rate")

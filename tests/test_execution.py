@@ -129,13 +129,9 @@ def test_device_decode_on_a_released_tree_with_unreadable_files(tmp_path: Path) 
     from attnprobe.zoo import load_model
     from tests.imagenet_c_fixtures import make_imagenet_c_tree, make_models_dir
 
-    import os
-
-    os.environ["ATTNPROBE_MODELS_DIR"] = str(make_models_dir(tmp_path / "models"))
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ATTNPROBE_MODELS_DIR", str(make_models_dir(tmp_path / "models")))
         lm = load_model("tiny_vit", pretrained=True)
-    finally:
-        del os.environ["ATTNPROBE_MODELS_DIR"]
     tree = make_imagenet_c_tree(tmp_path / "inc", per_class=3)
     (tree / "fog" / "1" / "n01440764" / "ILSVRC2012_val_00000001.JPEG").write_bytes(b"\xff\xd8\xff broken")
     kw = dict(data=tree, corruptions=["gaussian_noise", "fog"], severities=[1, 2], batch_size=4, workers=0)

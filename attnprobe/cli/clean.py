@@ -13,8 +13,7 @@ import typer
 from attnprobe.cli import _options as O
 from attnprobe.cli._common import command, console, pct, print_json
 from attnprobe.cli._loading import pair_models
-from attnprobe.cli._running import (BATCH, execution_kw, print_limit_note, print_store_line, run_models,
-                                     store_path)
+from attnprobe.cli._running import BATCH, execution_kw, print_limit_note, print_store_line, run_models, store_path
 
 
 @command("clean", help="Clean top-1 accuracy on an ImageNet-style validation folder (resumable).")

@@ -116,11 +116,16 @@ class EncodedImages(Dataset):
         recipe: the tensor version of its transform (`attnprobe.data.tensor_transforms.TensorRecipe`).
         progressive: let the device decode progressive JPEGs (else PIL decodes them in the worker).
         in_worker: decode every file with PIL in the worker (only the transform runs on the device).
+        stages: uint8 batch stages the device runs between the recipe's geometry and its normalisation
+            (`attnprobe.engine.device_input.U8Stage`), e.g. corrupting on the device; a dataset that corrupts on
+            the fly returns them from its own `encoded()`.
     """
 
-    def __init__(self, folder: Any, recipe: Any, progressive: bool = True, in_worker: bool = False) -> None:
+    def __init__(self, folder: Any, recipe: Any, progressive: bool = True, in_worker: bool = False,
+                 stages: Sequence[Any] = ()) -> None:
         self.folder, self.recipe = folder, recipe
         self.progressive, self.in_worker = progressive, in_worker
+        self.stages = list(stages)
 
     def __len__(self) -> int:
         return len(self.folder)

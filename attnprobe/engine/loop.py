@@ -146,7 +146,7 @@ def _input_paths(cells: Sequence[CellSpec], decode: str, dev: torch.device, info
         out_cells.append(CellSpec(replace(spec.key, preprocessing=pre), spec.dataset,
                                   {**spec.info, **info, "decode": decoder_name(path, dev)}))
         datasets.append(enc if enc is not None else spec.dataset)
-        inputs.append(DeviceInput(enc.recipe, dev) if enc is not None else None)
+        inputs.append(DeviceInput(enc.recipe, dev, getattr(enc, "stages", ())) if enc is not None else None)
     return out_cells, datasets, inputs
 
 
