@@ -61,7 +61,7 @@ from attnprobe.data import corruptions as C
 from attnprobe.data.images import ImageSet, model_input_u8, normalize_u8
 from attnprobe.errors import UserError
 from attnprobe.metrics import OVERFOCUS_METRICS, attention_cosine, head_similarity, overfocusing, window_mean
-from attnprobe.store import DiagKey, ResultsStore
+from attnprobe.store import DiagKey, ResultsStore, write_atomically
 
 __all__ = [
     "ARTIFACT_KIND", "Condition", "DiagnosticsResult", "ModelEntry", "attention_maps", "heads", "overfocus",
@@ -499,7 +499,6 @@ class _Engine:
     def _save_npz(self, path: Path, e: ModelEntry, image_id: str, cond: Condition, seed: int | None,
                   image: np.ndarray, layers: list[np.ndarray], cls_layers: list[np.ndarray],
                   windows: list[int]) -> dict[str, Any]:
-        path.parent.mkdir(parents=True, exist_ok=True)
         names = self.layer_names.get(id(e), [])
         arrays: dict[str, np.ndarray] = {"image": np.asarray(image, dtype=np.uint8)}
         if len({a.shape for a in layers}) == 1 and all(w == 1 for w in windows):
@@ -520,11 +519,10 @@ class _Engine:
                 "preprocessing": e.preprocessing.key(), "windows": list(windows), "num_prefix_tokens": prefix,
                 "grid": [side, side] if side * side == n_tokens - prefix else None, "num_layers": len(layers)}
         arrays["meta"] = np.array(json.dumps(meta))
-        tmp = path.with_name(path.name + ".tmp.npz")
         # NOTE: uncompressed: float16 attention barely compresses (~10%), and zlib took seconds per FAN-B image,
-        # more than the forward pass itself; only the few images a figure needs are saved.
-        np.savez(tmp, **arrays)
-        tmp.replace(path)
+        # more than the forward pass itself; only the few images a figure needs are saved. A temporary name per
+        # process: two runs on one store may write the same file at once.
+        write_atomically(path, lambda tmp: np.savez(tmp, **arrays), "an attention-map file")
         return meta
 
     # -- summaries --------------------------------------------------------------------------------------------

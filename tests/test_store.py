@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from attnprobe.errors import UserError
-from attnprobe.store import CellKey, ChunkCounts, DiagKey, ResultsStore
+from attnprobe.store import CellKey, ChunkCounts, DiagKey, ResultsStore, StoreConflictError
 
 KEY = CellKey("fan_b", "abc", "imagenet_c", "ds1", "pre1", "gaussian_noise", 3)
 
@@ -27,11 +27,15 @@ def test_chunks_sum_and_cell_completion(tmp_path: Path) -> None:
 
 
 def test_a_chunk_is_never_counted_twice(tmp_path: Path) -> None:
+    """The same chunk again (another process computed it too) is a no-op; other numbers are refused."""
     with ResultsStore(tmp_path) as store:
-        store.add_chunk(KEY, 0, ChunkCounts(n=10, correct=7))
-        with pytest.raises(sqlite3.IntegrityError):
-            store.add_chunk(KEY, 0, ChunkCounts(n=10, correct=7))
-        assert store.cell_totals(KEY).n == 10
+        assert store.add_chunk(KEY, 0, ChunkCounts(n=10, correct=7, extra={"flips": 2}))
+        assert not store.add_chunk(KEY, 0, ChunkCounts(n=10, correct=7, extra={"flips": 2}))
+        with pytest.raises(StoreConflictError, match="chunk 0 of fan_b/imagenet_c/gaussian_noise-s3"):
+            store.add_chunk(KEY, 0, ChunkCounts(n=10, correct=6, extra={"flips": 2}))
+        with pytest.raises(StoreConflictError):
+            store.add_chunk(KEY, 0, ChunkCounts(n=10, correct=7, extra={"flips": 3}))
+        assert store.cell_totals(KEY) == ChunkCounts(n=10, correct=7, extra={"flips": 2})
 
 
 def test_store_survives_reopen_and_readonly(tmp_path: Path) -> None:
@@ -39,7 +43,7 @@ def test_store_survives_reopen_and_readonly(tmp_path: Path) -> None:
         store.add_chunk(KEY, 0, ChunkCounts(n=3, correct=3))
     with ResultsStore(tmp_path, readonly=True) as ro:
         assert ro.done_chunks(KEY) == {0}
-        with pytest.raises(sqlite3.OperationalError):
+        with pytest.raises(UserError, match="cannot write"):
             ro.add_chunk(KEY, 1, ChunkCounts(n=1, correct=1))
     with pytest.raises(UserError, match="no results store"):
         ResultsStore(tmp_path / "elsewhere", readonly=True)
@@ -58,11 +62,11 @@ def test_clear_cell_only_touches_that_cell(tmp_path: Path) -> None:
 def test_diagnostics_and_artifacts(tmp_path: Path) -> None:
     dk = DiagKey("fan_b", "abc", "attention_cosine", "samples", "gaussian_noise", 3)
     with ResultsStore(tmp_path) as store:
-        store.add_diagnostics(dk, [("img0", 0, 0, 0.5), ("img0", 0, 1, 0.25)])
+        assert store.add_diagnostics(dk, [("img0", 0, 0, 0.5), ("img0", 0, 1, 0.25)]) == 2
         assert store.diagnostic_images(dk) == {"img0"}
-        with pytest.raises(sqlite3.IntegrityError):
-            store.add_diagnostics(dk, [("img0", 0, 0, 0.5)])
-        assert [r["value"] for r in store.diagnostics(metric="attention_cosine")] == [0.5, 0.25]
+        # a second run on the same store: stored rows keep their first value, new rows are added
+        assert store.add_diagnostics(dk, [("img0", 0, 0, 0.5 + 1e-9), ("img1", 0, 0, 0.75)]) == 1
+        assert [r["value"] for r in store.diagnostics(metric="attention_cosine")] == [0.5, 0.25, 0.75]
         f = tmp_path / "maps" / "a.npz"
         f.parent.mkdir()
         f.write_bytes(b"x")
@@ -116,8 +120,10 @@ def test_sample_bits_are_atomic_with_the_chunk_and_cleared(tmp_path: Path) -> No
             s.add_chunk(key, 0, ChunkCounts(n=4, correct=1), correct_bits=np.zeros(3, dtype=bool))
         assert s.done_chunks(key) == set()
         s.add_chunk(key, 0, ChunkCounts(n=2, correct=1), correct_bits=np.array([True, False]))
-        with pytest.raises(sqlite3.IntegrityError):  # a duplicate chunk rolls back as a whole
+        with pytest.raises(StoreConflictError):  # a conflicting chunk rolls back as a whole
             s.add_chunk(key, 0, ChunkCounts(n=2, correct=2), correct_bits=np.array([True, True]))
+        with pytest.raises(StoreConflictError):  # same counts, other per-sample record
+            s.add_chunk(key, 0, ChunkCounts(n=2, correct=1), correct_bits=np.array([False, True]))
         assert s.sample_correctness(key).tolist() == [True, False]
         s.clear_cell(key)
         assert s.query("SELECT COUNT(*) FROM sample_bits")[0][0] == 0 and s.sample_correctness(key) is None
