@@ -150,9 +150,10 @@ def stability_cli(
     validate_corruption(corruption)
     sev = _severities(severity)
     imgs = _images(data, image, n)
+    store = _store(out)  # a bad --out fails before any model is loaded
     entries = load_entries(model, ckpt, device, quiet=quiet)
     res = _run(D.stability, quiet, json_out, entries=entries, images=imgs, corruption=corruption, severities=sev,
-               store=_store(out), batch_size=batch_size, keep_maps=keep_maps, fresh=fresh)
+               store=store, batch_size=batch_size, keep_maps=keep_maps, fresh=fresh)
     if json_out:
         print_json(res.to_json())
         return
@@ -189,9 +190,10 @@ def overfocus_cli(
         validate_corruption(corruption)
     sev = _severities(severity)
     imgs = _images(data, image, n)
+    store = _store(out)  # a bad --out fails before any model is loaded
     entries = load_entries(model, ckpt, device, quiet=quiet)
     res = _run(D.overfocus, quiet, json_out, entries=entries, images=imgs, corruption=corruption, severities=sev,
-               k=k, tau=tau, store=_store(out), batch_size=batch_size, fresh=fresh)
+               k=k, tau=tau, store=store, batch_size=batch_size, fresh=fresh)
     if json_out:
         print_json(res.to_json())
         return
@@ -236,9 +238,10 @@ def heads_cli(
         validate_corruption(corruption)
     sev = _severities(severity)
     imgs = _images(data, image, n)
+    store = _store(out)  # a bad --out fails before any model is loaded
     entries = load_entries(model, ckpt, device, quiet=quiet)
     res = _run(D.heads, quiet, json_out, entries=entries, images=imgs, corruption=corruption, severities=sev,
-               store=_store(out), batch_size=batch_size, fresh=fresh)
+               store=store, batch_size=batch_size, fresh=fresh)
     if json_out:
         print_json(res.to_json())
         return
@@ -273,9 +276,10 @@ def attention_cli(
         validate_corruption(corruption)
     sev = _severities(severity)
     imgs = _images(data, image, n)
+    store = _store(out)  # a bad --out fails before any model is loaded
     entries = load_entries(model, ckpt, device, quiet=quiet)
     res = _run(D.attention_maps, quiet, json_out, entries=entries, images=imgs, corruption=corruption,
-               severities=sev, store=_store(out), batch_size=batch_size, fresh=fresh)
+               severities=sev, store=store, batch_size=batch_size, fresh=fresh)
     if json_out:
         print_json(res.to_json())
         return

@@ -39,23 +39,17 @@ from attnprobe.store.errors import (NotAStoreError, StoreConflictError, StoreDam
 from attnprobe.store.files import write_atomically
 from attnprobe.store.keys import CellKey, ChunkCounts, DiagKey
 from attnprobe.store.leases import ChunkStates
-from attnprobe.store.results import STORE_FILENAME, ResultsStore
+from attnprobe.store.merge import MergeReport, merge_stores
+from attnprobe.store.results import STORE_FILENAME, ResultsStore, check_location
 from attnprobe.store.schema import APPLICATION_ID, SCHEMA_VERSION
 
 __all__ = [
-    "APPLICATION_ID", "CellKey", "ChunkCounts", "ChunkStates", "DiagKey", "NotAStoreError", "ResultsStore",
+    "APPLICATION_ID", "CellKey", "ChunkCounts", "ChunkStates", "DiagKey", "MergeReport", "NotAStoreError", "ResultsStore",
     "SCHEMA_VERSION", "STORE_FILENAME", "StoreConflictError", "StoreDamagedError", "StoreError", "StoreFullError",
-    "StoreLockedError", "StoreReadOnlyError", "as_dict", "merge_stores", "write_atomically",
+    "StoreLockedError", "StoreReadOnlyError", "as_dict", "check_location", "merge_stores", "write_atomically",
 ]
 
 
 def as_dict(obj: Any) -> dict[str, Any]:
     """Dataclass → dict helper for JSON output."""
     return asdict(obj)
-
-
-def merge_stores(*args: Any, **kwargs: Any) -> Any:
-    """See `attnprobe.store.merge.merge_stores`."""
-    from attnprobe.store.merge import merge_stores as _merge
-
-    return _merge(*args, **kwargs)

@@ -22,7 +22,7 @@ from urllib.parse import quote
 
 from attnprobe.store.errors import from_sqlite_error, is_busy
 
-__all__ = ["DEFAULT_TIMEOUT_S", "StoreConnection", "lock_timeout"]
+__all__ = ["DEFAULT_TIMEOUT_S", "StoreConnection", "connect", "lock_timeout", "store_uri"]
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +41,16 @@ def lock_timeout() -> float:
 
 def connect(path: Path, timeout_s: float, readonly: bool = False, immutable: bool = False) -> sqlite3.Connection:
     """A raw connection in autocommit mode (every write goes through an explicit BEGIN IMMEDIATE)."""
-    if readonly:
-        flags = "mode=ro" + ("&immutable=1" if immutable else "")
-        db = sqlite3.connect(f"file:{quote(str(path))}?{flags}", uri=True, isolation_level=None, timeout=timeout_s)
-    else:
-        db = sqlite3.connect(path, isolation_level=None, timeout=timeout_s)
+    # NOTE: a URI connection also lets `ATTACH` open other stores read-only (`attnprobe merge`)
+    db = sqlite3.connect(store_uri(path, readonly, immutable), uri=True, isolation_level=None, timeout=timeout_s)
     db.row_factory = sqlite3.Row
     return db
+
+
+def store_uri(path: Path, readonly: bool = False, immutable: bool = False) -> str:
+    """The SQLite URI of a store file (read-only, and immutable for read-only media without a pending log)."""
+    flags = ("?mode=ro" + ("&immutable=1" if immutable else "")) if readonly else ""
+    return f"file:{quote(str(path))}{flags}"
 
 
 class StoreConnection:

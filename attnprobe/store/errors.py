@@ -95,7 +95,7 @@ def from_sqlite_error(e: sqlite3.Error, path: Path, timeout_s: float) -> StoreEr
                                 f"with an open transaction), then {_RESUME}")
     if code in (_CORRUPT, _NOTADB):
         return StoreDamagedError(f"the results store {path} is damaged ({e}); move it away (`sqlite3 {path.name} "
-                                 f".recover` may rescue its rows) and rerun, or pass another --out")
+                                 f".recover` may rescue its rows) and rerun, or use another results folder (--out)")
     if code == _CANTOPEN:
         return StoreReadOnlyError(f"cannot open the results store {path} ({e}): its folder may be read-only or "
                                   f"missing; make it writable or pass another --out")

@@ -3,6 +3,8 @@ any number of processes at once."""
 
 from __future__ import annotations
 
+import errno
+import os
 import secrets
 import sqlite3
 from collections.abc import Iterator, Sequence
@@ -21,9 +23,25 @@ from attnprobe.store.files import (SqliteHeader, filesystem_type, is_network_fil
                                    read_header)
 from attnprobe.store.leases import Leases, new_owner_id
 
-__all__ = ["STORE_FILENAME", "ResultsStore"]
+__all__ = ["STORE_FILENAME", "ResultsStore", "check_location"]
 
 STORE_FILENAME = "results.sqlite"
+
+
+def _refuse_file(root: Path) -> None:
+    if root.exists() and not root.is_dir():
+        hint = f" (pass its folder, {root.parent})" if root.name == STORE_FILENAME else ""
+        raise NotAStoreError(f"{root} is a file, not a folder: a results store is a folder holding "
+                             f"{STORE_FILENAME}{hint}; use a folder instead (nothing was written to the file)")
+
+
+def check_location(root: str | Path) -> None:
+    """Refuse an output folder that cannot hold a results store (a file; a foreign, damaged or newer store file),
+    without creating or writing anything: for commands that write other files into the folder first."""
+    root = Path(root).expanduser().resolve()
+    _refuse_file(root)
+    if (root / STORE_FILENAME).exists():
+        ResultsStore(root, readonly=True).close()
 
 
 class ResultsStore(CellRecords, DiagnosticRecords, ModelRegistry, ArtifactRecords, Leases):
@@ -72,16 +90,15 @@ class ResultsStore(CellRecords, DiagnosticRecords, ModelRegistry, ArtifactRecord
     # -- opening ------------------------------------------------------------------------------------------------
     def _check_folder(self) -> None:
         """The folder must be a folder (created when writing); the file must exist when reading."""
-        if self.root.exists() and not self.root.is_dir():
-            hint = f" (pass its folder, {self.root.parent})" if self.root.name == STORE_FILENAME else ""
-            raise NotAStoreError(f"{self.root} is a file, not a folder: a results store is a folder holding "
-                                 f"{STORE_FILENAME}{hint}; pass a folder to --out (nothing was written to the file)")
+        _refuse_file(self.root)
         if self.readonly:
             if not self.path.exists():
                 raise UserError(f"no results store at {self.path}; run an evaluation with --out {self.root} first")
             return
         try:
             self.root.mkdir(parents=True, exist_ok=True)
+            if not os.access(self.root, os.W_OK):  # NOTE: also true for root on a read-only mount (EROFS)
+                raise PermissionError(errno.EACCES, "the folder is not writable", str(self.root))
         except OSError as e:
             mapped = from_os_error(e, self.root, "the results-store folder")
             if mapped is None and isinstance(e, (FileExistsError, NotADirectoryError)):

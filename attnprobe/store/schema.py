@@ -87,7 +87,7 @@ def recognise(db: sqlite3.Connection, path: Path, application_id: int) -> int:
     if not ours:
         found = ", ".join(sorted(tables)[:6]) + (", ..." if len(tables) > 6 else "") if tables else "no tables"
         raise NotAStoreError(f"{path} is a SQLite database of another program ({found}), not an attnprobe results "
-                             f"store; pass another --out (nothing was written to it)")
+                             f"store; use another results folder (--out); nothing was written to it")
     if version > SCHEMA_VERSION:
         raise StoreError(f"the results store {path} was written by a newer attnprobe (store format {version}; this "
                          f"version reads up to {SCHEMA_VERSION}); upgrade attnprobe")
