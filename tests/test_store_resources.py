@@ -60,7 +60,7 @@ def chunks_and_integrity(out: Path) -> tuple[int, str]:
 
 
 def _run(cmd: list[str]) -> bool:
-    return subprocess.run(cmd, capture_output=True).returncode == 0
+    return subprocess.run(cmd, capture_output=True, check=False).returncode == 0
 
 
 @pytest.fixture()
@@ -96,7 +96,7 @@ def test_disk_full_on_a_small_tmpfs_then_resume(data: dict[str, Path], mountpoin
 
 def test_simulated_sqlite_full_then_resume(data: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     """Where no small file system can be mounted: SQLite's own SQLITE_FULL, from a page limit on the connection."""
-    import attnprobe.store.connection as connection
+    from attnprobe.store import connection
 
     code, straight, err = invoke(mce(data, data["root"] / "straight"))
     assert code == 0, err

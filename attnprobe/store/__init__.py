@@ -44,9 +44,10 @@ from attnprobe.store.results import STORE_FILENAME, ResultsStore, check_location
 from attnprobe.store.schema import APPLICATION_ID, SCHEMA_VERSION
 
 __all__ = [
-    "APPLICATION_ID", "CellKey", "ChunkCounts", "ChunkStates", "DiagKey", "MergeReport", "NotAStoreError", "ResultsStore",
-    "SCHEMA_VERSION", "STORE_FILENAME", "StoreConflictError", "StoreDamagedError", "StoreError", "StoreFullError",
-    "StoreLockedError", "StoreReadOnlyError", "as_dict", "check_location", "merge_stores", "write_atomically",
+    "APPLICATION_ID", "SCHEMA_VERSION", "STORE_FILENAME", "CellKey", "ChunkCounts", "ChunkStates", "DiagKey",
+    "MergeReport", "NotAStoreError", "ResultsStore", "StoreConflictError", "StoreDamagedError", "StoreError",
+    "StoreFullError", "StoreLockedError", "StoreReadOnlyError", "as_dict", "check_location", "merge_stores",
+    "write_atomically",
 ]
 
 

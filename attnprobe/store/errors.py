@@ -91,8 +91,8 @@ def from_sqlite_error(e: sqlite3.Error, path: Path, timeout_s: float) -> StoreEr
                                   f"--out, then {_RESUME}")
     if code in (_BUSY, _LOCKED):
         return StoreLockedError(f"the results store {path} was locked by another program for more than "
-                                f"{timeout_s:g} s ({e}); close that program (e.g. a sqlite3 shell or a database browser "
-                                f"with an open transaction), then {_RESUME}")
+                                f"{timeout_s:g} s ({e}); close that program (e.g. a sqlite3 shell or a database "
+                                f"browser with an open transaction), then {_RESUME}")
     if code in (_CORRUPT, _NOTADB):
         return StoreDamagedError(f"the results store {path} is damaged ({e}); move it away (`sqlite3 {path.name} "
                                  f".recover` may rescue its rows) and rerun, or use another results folder (--out)")

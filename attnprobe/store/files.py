@@ -50,7 +50,8 @@ def read_header(path: Path) -> SqliteHeader:
                              f"--out (nothing was written to it)")
     if not head.startswith(_MAGIC):
         raise NotAStoreError(f"{path} is not a SQLite database (garbled, or another kind of file), so not an "
-                             f"attnprobe results store; move it away or use another results folder (--out); nothing was written to it")
+                             f"attnprobe results store; move it away or use another results folder (--out); nothing "
+                             f"was written to it")
     if len(head) < 100:
         raise StoreDamagedError(f"the results store {path} is truncated ({size} bytes); move it away and rerun, or "
                                 f"pass another --out")
@@ -64,7 +65,8 @@ def read_header(path: Path) -> SqliteHeader:
             header.pages is not None and size < header.pages * page_size):
         raise StoreDamagedError(f"the results store {path} is truncated or garbled ({size} bytes, page size "
                                 f"{page_size}, {header.pages} pages in its header); move it away (`sqlite3 "
-                                f"{path.name} .recover` may rescue its rows) and rerun, or use another results folder (--out)")
+                                f"{path.name} .recover` may rescue its rows) and rerun, or use another results "
+                                f"folder (--out)")
     return header
 
 

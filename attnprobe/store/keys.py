@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["CELL_COLS", "CELL_WHERE", "ChunkCounts", "CellKey", "DIAG_COLS", "DIAG_WHERE", "DiagKey"]
+__all__ = ["CELL_COLS", "CELL_WHERE", "DIAG_COLS", "DIAG_WHERE", "CellKey", "ChunkCounts", "DiagKey"]
 
 
 @dataclass(frozen=True)

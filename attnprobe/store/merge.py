@@ -51,11 +51,13 @@ _COPIED = {
     "cells": (f"{CELL_COLS}, n_chunks, info, finished_at", CELL_COLS),
     "diagnostics": (f"{_DIAG_PK}, value", _DIAG_PK),
 }
-_CELL_NAME = "a.model || '/' || a.task || '/' || a.condition || CASE WHEN a.severity THEN '-s' || a.severity ELSE '' END"
+_CELL_NAME = ("a.model || '/' || a.task || '/' || a.condition"
+              " || CASE WHEN a.severity THEN '-s' || a.severity ELSE '' END")
 _CONFLICTS = {
     "chunks": f"""SELECT {_CELL_NAME} || ' chunk ' || a.chunk || ' (correct ' || b.correct || '/' || b.n || ' vs '
         || a.correct || '/' || a.n || ')' FROM src.chunks a JOIN main.chunks b USING ({CELL_COLS}, chunk)
-        WHERE a.n != b.n OR a.correct != b.correct OR a.skipped != b.skipped OR IFNULL(a.extra, '') != IFNULL(b.extra, '')""",
+        WHERE a.n != b.n OR a.correct != b.correct OR a.skipped != b.skipped
+            OR IFNULL(a.extra, '') != IFNULL(b.extra, '')""",
     "sample_bits": f"""SELECT {_CELL_NAME} || ' chunk ' || a.chunk || ' (per-image record)'
         FROM src.sample_bits a JOIN main.sample_bits b USING ({CELL_COLS}, chunk)
         WHERE a.bits != b.bits OR IFNULL(a.skipped_bits, x'') != IFNULL(b.skipped_bits, x'')""",

@@ -19,8 +19,7 @@ from attnprobe.store.cells import CellRecords
 from attnprobe.store.connection import StoreConnection, connect, lock_timeout
 from attnprobe.store.diagnostics import DiagnosticRecords
 from attnprobe.store.errors import NotAStoreError, from_os_error, from_sqlite_error
-from attnprobe.store.files import (SqliteHeader, filesystem_type, is_network_filesystem, publish_new_file,
-                                   read_header)
+from attnprobe.store.files import SqliteHeader, filesystem_type, is_network_filesystem, publish_new_file, read_header
 from attnprobe.store.leases import Leases, new_owner_id
 
 __all__ = ["STORE_FILENAME", "ResultsStore", "check_location"]
