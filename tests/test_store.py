@@ -163,3 +163,53 @@ def test_run_cells_stores_per_sample_correctness(tmp_path: Path) -> None:
     want = [pred[i] == i % 3 and i != 6 for i in range(10)]
     assert bits.tolist() == want and skipped.tolist() == [i == 6 for i in range(10)]
     assert r.correct == sum(want) and r.skipped == 1
+
+
+# -- recognising stores, journal modes ----------------------------------------------------------------------------
+@pytest.mark.parametrize("ddl", ["", "CREATE TABLE meta (k TEXT, v TEXT)",
+                                 "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"])
+def test_other_sqlite_files_are_refused_untouched(tmp_path: Path, ddl: str) -> None:
+    import hashlib
+    import sqlite3
+
+    from attnprobe.store import NotAStoreError
+
+    db = tmp_path / "results.sqlite"
+    with sqlite3.connect(db) as con:
+        con.execute("PRAGMA user_version = 7")  # an empty database still gets a header
+        if ddl:
+            con.execute(ddl)
+    before = hashlib.sha256(db.read_bytes()).hexdigest()
+    for readonly in (False, True):
+        with pytest.raises(NotAStoreError, match="another program"):
+            ResultsStore(tmp_path, readonly=readonly)
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == before
+
+
+def test_a_new_store_appears_whole_or_not_at_all(tmp_path: Path) -> None:
+    from attnprobe.store.files import publish_new_file
+
+    first, second = tmp_path / "a.new", tmp_path / "b.new"
+    first.write_bytes(b"first")
+    second.write_bytes(b"second")
+    assert publish_new_file(first, tmp_path / "results.sqlite")
+    assert not publish_new_file(second, tmp_path / "results.sqlite")  # a concurrent creator lost: it uses ours
+    assert (tmp_path / "results.sqlite").read_bytes() == b"first" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "results.sqlite"]
+
+
+@pytest.mark.parametrize("journal", ["wal", "delete"])
+def test_both_journal_modes_share_a_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, journal: str) -> None:
+    from attnprobe.store.files import filesystem_type, is_network_filesystem
+
+    monkeypatch.setenv("ATTNPROBE_STORE_JOURNAL", journal)
+    with ResultsStore(tmp_path) as a, ResultsStore(tmp_path) as b:
+        assert a.journal_mode == b.journal_mode == journal
+        assert a.claim_chunk(KEY, 2)[0] == 0 and b.claim_chunk(KEY, 2)[0] == 1
+        a.add_chunk(KEY, 0, ChunkCounts(n=3, correct=2))
+        b.add_chunk(KEY, 1, ChunkCounts(n=3, correct=1))
+        with ResultsStore(tmp_path, readonly=True) as r:
+            assert r.cell_totals(KEY) == ChunkCounts(n=6, correct=3)
+    if Path("/proc/self/mountinfo").exists():
+        assert filesystem_type(tmp_path) is not None and not is_network_filesystem(filesystem_type(tmp_path))
+    assert is_network_filesystem("nfs4") and is_network_filesystem("lustre") and not is_network_filesystem("ext4")

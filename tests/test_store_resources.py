@@ -181,3 +181,29 @@ def test_store_locked_by_another_program(data: dict[str, Path], monkeypatch: pyt
     code, again, err = invoke([*clean, "--out", str(out), "--fresh"])
     assert code == 0, err
     assert json.loads(again)["results"][0]["correct"] == json.loads(first)["results"][0]["correct"]
+
+
+def test_a_full_disk_outside_the_store_is_one_line_too(capsys: pytest.CaptureFixture[str]) -> None:
+    """Figures, caches, bundled photos: a full or read-only disk met anywhere by a command is no traceback."""
+    import errno
+
+    import typer
+
+    from attnprobe.cli._common import user_errors
+
+    @user_errors
+    def save_figure() -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", "/scratch/report/fig5.pdf")
+
+    with pytest.raises(typer.Exit) as exit_info:
+        save_figure()
+    err = capsys.readouterr().err
+    assert exit_info.value.exit_code == 2
+    one_line_error(2, err, "No space left on device (/scratch/report/fig5.pdf)")
+
+    @user_errors
+    def bug() -> None:
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", "x")
+
+    with pytest.raises(FileNotFoundError):  # other OS errors are not hidden
+        bug()

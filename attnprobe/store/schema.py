@@ -78,7 +78,10 @@ def recognise(db: sqlite3.Connection, path: Path, application_id: int) -> int:
         StoreError: a store written by a newer attnprobe.
     """
     tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    meta = dict(db.execute("SELECT key, value FROM meta").fetchall()) if "meta" in tables else {}
+    try:
+        meta = dict(db.execute("SELECT key, value FROM meta").fetchall()) if "meta" in tables else {}
+    except sqlite3.OperationalError:  # another program's `meta` table, with other columns
+        meta = {}
     try:
         version = int(meta.get("schema_version", 0))
     except ValueError:
