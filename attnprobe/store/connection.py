@@ -22,7 +22,7 @@ from urllib.parse import quote
 
 from attnprobe.store.errors import from_sqlite_error, is_busy
 
-__all__ = ["DEFAULT_TIMEOUT_S", "StoreConnection", "connect", "lock_timeout", "store_uri"]
+__all__ = ["DEFAULT_TIMEOUT_S", "StoreConnection", "connect", "journal_mode", "lock_timeout", "store_uri"]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,12 @@ def lock_timeout() -> float:
         return float(value) if value else DEFAULT_TIMEOUT_S
     except ValueError:
         return DEFAULT_TIMEOUT_S
+
+
+def journal_mode(network: bool) -> str:
+    """The journal mode a store on a local (`network=False`) or network file system uses."""
+    wanted = os.environ.get("ATTNPROBE_STORE_JOURNAL", "").lower()
+    return wanted if wanted in ("wal", "delete") else ("delete" if network else "wal")
 
 
 def connect(path: Path, timeout_s: float, readonly: bool = False, immutable: bool = False) -> sqlite3.Connection:
@@ -103,9 +109,7 @@ class StoreConnection:
 
     def set_journal(self, network: bool) -> str:
         """Pick the journal mode for this file system (see the module docstring); returns the mode in effect."""
-        wanted = os.environ.get("ATTNPROBE_STORE_JOURNAL", "").lower() or ("delete" if network else "wal")
-        if wanted not in ("wal", "delete"):
-            wanted = "delete" if network else "wal"
+        wanted = journal_mode(network)
         try:
             mode = str(self.db.execute(f"PRAGMA journal_mode={wanted}").fetchone()[0]).lower()
         except sqlite3.OperationalError as e:

@@ -16,7 +16,7 @@ from attnprobe.errors import UserError
 from attnprobe.store import schema
 from attnprobe.store.artifacts import ArtifactRecords, ModelRegistry
 from attnprobe.store.cells import CellRecords
-from attnprobe.store.connection import StoreConnection, connect, lock_timeout
+from attnprobe.store.connection import StoreConnection, connect, journal_mode, lock_timeout
 from attnprobe.store.diagnostics import DiagnosticRecords
 from attnprobe.store.errors import NotAStoreError, from_os_error, from_sqlite_error
 from attnprobe.store.files import SqliteHeader, filesystem_type, is_network_filesystem, publish_new_file, read_header
@@ -80,8 +80,7 @@ class ResultsStore(CellRecords, DiagnosticRecords, ModelRegistry, ArtifactRecord
                 if version < schema.SCHEMA_VERSION or header.application_id != schema.APPLICATION_ID:
                     with self._conn.transaction() as db:
                         schema.upgrade(db)
-                network = is_network_filesystem(filesystem_type(self.root))
-                self.journal_mode = self._conn.guard(lambda: self._conn.set_journal(network))
+                self.journal_mode = self._conn.guard(lambda: self._conn.set_journal(self._network()))
         except BaseException:
             self._conn.close()
             raise
@@ -122,6 +121,8 @@ class ResultsStore(CellRecords, DiagnosticRecords, ModelRegistry, ArtifactRecord
                 db.execute("BEGIN IMMEDIATE")
                 schema.create_tables(db)
                 db.execute("COMMIT")
+                # NOTE: persistent in the file, so that no process has to switch it while others have it open
+                db.execute(f"PRAGMA journal_mode={journal_mode(self._network())}")
             finally:
                 db.close()
             publish_new_file(tmp, self.path)
@@ -132,6 +133,9 @@ class ResultsStore(CellRecords, DiagnosticRecords, ModelRegistry, ArtifactRecord
             if mapped is not None:
                 raise mapped from None
             raise
+
+    def _network(self) -> bool:
+        return is_network_filesystem(filesystem_type(self.root))
 
     # -- plumbing ---------------------------------------------------------------------------------------------
     def close(self) -> None:
