@@ -21,8 +21,6 @@ from rich.table import Table
 
 from attnprobe.cli import _options as O
 from attnprobe.cli._common import command, console, err_console, print_json, show_progress
-from attnprobe.errors import UserError
-
 
 _DATA = typer.Option(None, "--data", help="Folder of images (searched recursively); default: bundled sample photos.")
 _IMAGES = typer.Option(None, "--image", "-i", help="Image file (repeatable); default: bundled sample photos.")
@@ -36,26 +34,22 @@ def _fmt(x: Any, digits: int = 3) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
-def load_entries(models: list[str], ckpts: Optional[list[str]], device: Optional[str], quiet: bool = False) -> list:
+def load_entries(models: list[str], ckpts: Optional[list[str]], device: Optional[str], quiet: bool = False,
+                 num_classes: Optional[int] = None) -> list:
     """Load every `--model` with its `--ckpt` (same order) onto `device` as `ModelEntry`s."""
-    import torch
-
     from attnprobe.cli._loading import load_cli_model, pair_models
     from attnprobe.diagnostics import ModelEntry
+    from attnprobe.distributed import resolve_device
 
     pairs = pair_models(models, ckpts)
-    try:
-        dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    except RuntimeError:
-        raise UserError(f"unknown --device {device!r}; use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    dev = resolve_device(device)
 
     def warn(message: str) -> None:
         if not quiet:
             err_console.print(f"[yellow]warning:[/] {message}", soft_wrap=True)
 
-    return [ModelEntry.from_loaded(load_cli_model(name, ckpt, dev, warn=warn)) for name, ckpt in pairs]
+    return [ModelEntry.from_loaded(load_cli_model(name, ckpt, dev, warn=warn, num_classes=num_classes))
+            for name, ckpt in pairs]
 
 
 def _images(data: Optional[Path], image: Optional[list[Path]], n: Optional[int]) -> Any:
@@ -93,6 +87,8 @@ def _store(out: Path) -> Any:
 
 
 def _footer(res: Any) -> None:
+    for note in sorted({f"{r['model']}: {n}" for r in res.results for n in r.get("notes", [])}):
+        console.print(f"note: {note}", style="dim", soft_wrap=True)
     if res.out:
         console.print(f"results store: {Path(res.out) / 'results.sqlite'}")
     if res.artifacts:
@@ -112,11 +108,11 @@ def _model_columns_table(title: str, group: list[dict[str, Any]], field: str, su
     table.add_column("layer", justify="right")
     for r in group:
         table.add_column(r["model"], justify="right")
-    n_layers = max((len(r["layers"]) for r in group), default=0)
-    for i in range(n_layers):
+    by_layer = [{lay["layer"]: lay for lay in r["layers"]} for r in group]  # NOTE: a layer may lack a measure
+    for i in sorted({layer for rows in by_layer for layer in rows}):
         cells = []
-        for r in group:
-            lay = r["layers"][i] if i < len(r["layers"]) else None
+        for rows in by_layer:
+            lay = rows.get(i)
             cells.append("" if lay is None else _fmt(lay[field]) + (f" ± {_fmt(lay['std_cosine'])}"
                                                                     if field == "mean_cosine" else ""))
         table.add_row(str(i), *cells)
@@ -130,6 +126,7 @@ def _model_columns_table(title: str, group: list[dict[str, Any]], field: str, su
 def stability_cli(
     model: Optional[list[str]] = O.MODELS,
     ckpt: Optional[list[str]] = O.CKPTS,
+    num_classes: Optional[int] = O.NUM_CLASSES,
     corruption: str = typer.Option("gaussian_noise", "--corruption", "-c", help="ImageNet-C corruption name."),
     severity: Optional[str] = _SEVERITY,
     data: Optional[Path] = _DATA,
@@ -151,7 +148,7 @@ def stability_cli(
     sev = _severities(severity)
     imgs = _images(data, image, n)
     store = _store(out)  # a bad --out fails before any model is loaded
-    entries = load_entries(model, ckpt, device, quiet=quiet)
+    entries = load_entries(model, ckpt, device, quiet=quiet, num_classes=num_classes)
     res = _run(D.stability, quiet, json_out, entries=entries, images=imgs, corruption=corruption, severities=sev,
                store=store, batch_size=batch_size, keep_maps=keep_maps, fresh=fresh)
     if json_out:
@@ -167,6 +164,7 @@ def stability_cli(
 def overfocus_cli(
     model: Optional[list[str]] = O.MODELS,
     ckpt: Optional[list[str]] = O.CKPTS,
+    num_classes: Optional[int] = O.NUM_CLASSES,
     corruption: Optional[str] = typer.Option(None, "--corruption", "-c", help="Also measure corrupted images."),
     severity: Optional[str] = _SEVERITY,
     data: Optional[Path] = _DATA,
@@ -191,7 +189,7 @@ def overfocus_cli(
     sev = _severities(severity)
     imgs = _images(data, image, n)
     store = _store(out)  # a bad --out fails before any model is loaded
-    entries = load_entries(model, ckpt, device, quiet=quiet)
+    entries = load_entries(model, ckpt, device, quiet=quiet, num_classes=num_classes)
     res = _run(D.overfocus, quiet, json_out, entries=entries, images=imgs, corruption=corruption, severities=sev,
                k=k, tau=tau, store=store, batch_size=batch_size, fresh=fresh)
     if json_out:
@@ -218,6 +216,7 @@ def overfocus_cli(
 def heads_cli(
     model: Optional[list[str]] = O.MODELS,
     ckpt: Optional[list[str]] = O.CKPTS,
+    num_classes: Optional[int] = O.NUM_CLASSES,
     corruption: Optional[str] = typer.Option(None, "--corruption", "-c", help="Also measure corrupted images."),
     severity: Optional[str] = _SEVERITY,
     data: Optional[Path] = _DATA,
@@ -239,7 +238,7 @@ def heads_cli(
     sev = _severities(severity)
     imgs = _images(data, image, n)
     store = _store(out)  # a bad --out fails before any model is loaded
-    entries = load_entries(model, ckpt, device, quiet=quiet)
+    entries = load_entries(model, ckpt, device, quiet=quiet, num_classes=num_classes)
     res = _run(D.heads, quiet, json_out, entries=entries, images=imgs, corruption=corruption, severities=sev,
                store=store, batch_size=batch_size, fresh=fresh)
     if json_out:
@@ -256,6 +255,7 @@ def heads_cli(
 def attention_cli(
     model: Optional[list[str]] = O.MODELS,
     ckpt: Optional[list[str]] = O.CKPTS,
+    num_classes: Optional[int] = O.NUM_CLASSES,
     image: Optional[list[Path]] = _IMAGES,
     data: Optional[Path] = _DATA,
     n: Optional[int] = _N,
@@ -277,7 +277,7 @@ def attention_cli(
     sev = _severities(severity)
     imgs = _images(data, image, n)
     store = _store(out)  # a bad --out fails before any model is loaded
-    entries = load_entries(model, ckpt, device, quiet=quiet)
+    entries = load_entries(model, ckpt, device, quiet=quiet, num_classes=num_classes)
     res = _run(D.attention_maps, quiet, json_out, entries=entries, images=imgs, corruption=corruption,
                severities=sev, store=store, batch_size=batch_size, fresh=fresh)
     if json_out:
