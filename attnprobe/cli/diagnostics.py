@@ -86,6 +86,12 @@ def _store(out: Path) -> Any:
     return ResultsStore(out)
 
 
+def check_location(out: Path) -> None:
+    from attnprobe.store import check_location as check
+
+    check(out)
+
+
 def _footer(res: Any) -> None:
     for note in sorted({f"{r['model']}: {n}" for r in res.results for n in r.get("notes", [])}):
         console.print(f"note: {note}", style="dim", soft_wrap=True)
@@ -147,10 +153,10 @@ def stability_cli(
     validate_corruption(corruption)
     sev = _severities(severity)
     imgs = _images(data, image, n)
-    store = _store(out)  # a bad --out fails before any model is loaded
+    check_location(out)  # a bad --out fails before any model is loaded (nothing is created yet)
     entries = load_entries(model, ckpt, device, quiet=quiet, num_classes=num_classes)
     res = _run(D.stability, quiet, json_out, entries=entries, images=imgs, corruption=corruption, severities=sev,
-               store=store, batch_size=batch_size, keep_maps=keep_maps, fresh=fresh)
+               store=_store(out), batch_size=batch_size, keep_maps=keep_maps, fresh=fresh)
     if json_out:
         print_json(res.to_json())
         return
@@ -188,10 +194,10 @@ def overfocus_cli(
         validate_corruption(corruption)
     sev = _severities(severity)
     imgs = _images(data, image, n)
-    store = _store(out)  # a bad --out fails before any model is loaded
+    check_location(out)  # a bad --out fails before any model is loaded (nothing is created yet)
     entries = load_entries(model, ckpt, device, quiet=quiet, num_classes=num_classes)
     res = _run(D.overfocus, quiet, json_out, entries=entries, images=imgs, corruption=corruption, severities=sev,
-               k=k, tau=tau, store=store, batch_size=batch_size, fresh=fresh)
+               k=k, tau=tau, store=_store(out), batch_size=batch_size, fresh=fresh)
     if json_out:
         print_json(res.to_json())
         return
@@ -237,10 +243,10 @@ def heads_cli(
         validate_corruption(corruption)
     sev = _severities(severity)
     imgs = _images(data, image, n)
-    store = _store(out)  # a bad --out fails before any model is loaded
+    check_location(out)  # a bad --out fails before any model is loaded (nothing is created yet)
     entries = load_entries(model, ckpt, device, quiet=quiet, num_classes=num_classes)
     res = _run(D.heads, quiet, json_out, entries=entries, images=imgs, corruption=corruption, severities=sev,
-               store=store, batch_size=batch_size, fresh=fresh)
+               store=_store(out), batch_size=batch_size, fresh=fresh)
     if json_out:
         print_json(res.to_json())
         return
@@ -276,10 +282,10 @@ def attention_cli(
         validate_corruption(corruption)
     sev = _severities(severity)
     imgs = _images(data, image, n)
-    store = _store(out)  # a bad --out fails before any model is loaded
+    check_location(out)  # a bad --out fails before any model is loaded (nothing is created yet)
     entries = load_entries(model, ckpt, device, quiet=quiet, num_classes=num_classes)
     res = _run(D.attention_maps, quiet, json_out, entries=entries, images=imgs, corruption=corruption,
-               severities=sev, store=store, batch_size=batch_size, fresh=fresh)
+               severities=sev, store=_store(out), batch_size=batch_size, fresh=fresh)
     if json_out:
         print_json(res.to_json())
         return

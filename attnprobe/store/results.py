@@ -18,7 +18,7 @@ from attnprobe.store.artifacts import ArtifactRecords, ModelRegistry
 from attnprobe.store.cells import CellRecords
 from attnprobe.store.connection import StoreConnection, connect, journal_mode, lock_timeout
 from attnprobe.store.diagnostics import DiagnosticRecords
-from attnprobe.store.errors import NotAStoreError, from_os_error, from_sqlite_error
+from attnprobe.store.errors import NotAStoreError, StoreReadOnlyError, from_os_error, from_sqlite_error
 from attnprobe.store.files import SqliteHeader, filesystem_type, is_network_filesystem, publish_new_file, read_header
 from attnprobe.store.leases import Leases, new_owner_id
 
@@ -39,6 +39,10 @@ def check_location(root: str | Path) -> None:
     without creating or writing anything: for commands that write other files into the folder first."""
     root = Path(root).expanduser().resolve()
     _refuse_file(root)
+    existing = next(p for p in (root, *root.parents) if p.exists())
+    if existing.is_dir() and not os.access(existing, os.W_OK):
+        raise StoreReadOnlyError(f"cannot write the results store in {root} ({existing} is not writable); make it "
+                                 f"writable or pass another --out")
     if (root / STORE_FILENAME).exists():
         ResultsStore(root, readonly=True).close()
 
