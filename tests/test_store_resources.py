@@ -153,6 +153,8 @@ def test_read_only_results_folder_then_resume(data: dict[str, Path]) -> None:
         one_line_error(code, err, "cannot write")
         code, _, err = invoke(mce(data, out / "new"))  # a new store inside it
         one_line_error(code, err, "cannot write")
+        code, _, err = invoke(["stability", "--model", "tiny_vit", "--ckpt", "-", "--n", "1", "--out", str(out)])
+        one_line_error(code, err, "cannot write")  # before the model is loaded
         assert (out / "results.sqlite").read_bytes() == before
     finally:
         _make_writable(out)
