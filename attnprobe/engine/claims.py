@@ -169,6 +169,10 @@ class ChunkQueue:
         if self._claimer is not None:
             self._claimer.note(ci, {chunk})
 
+    def cell_complete(self, ci: int) -> bool:
+        """Whether rank 0 knows every chunk of cell `ci` to be committed (False on other ranks)."""
+        return self._claimer is not None and self._claimer.complete[ci]
+
     def batches(self) -> _PassBatches:
         """The batch sampler of the pass just opened."""
         return _PassBatches(self, self.consumed)

@@ -265,10 +265,9 @@ class _Run:
             return False
 
     def _complete(self, ci: int) -> bool:
-        """Whether every chunk of cell `ci` is committed (by this process or another)."""
-        if self.store is None:
-            return self.computed[ci] >= self.plan[ci].n_chunks - len(self.plan[ci].done)
-        return len(self.store.done_chunks(self.cells[ci].key)) >= self.plan[ci].n_chunks
+        """Whether every chunk of cell `ci` is known to be committed (cells completed by other processes since this
+        process last claimed in them are finished at the end of the run)."""
+        return self.queue.cell_complete(ci)
 
     # -- a finished cell -----------------------------------------------------------------------------------------
     def finish(self, ci: int) -> None:
@@ -278,9 +277,13 @@ class _Run:
             return
         if self.store is not None:
             if not p.finished:
-                self.store.finish_cell(spec.key, p.n_chunks, {**spec.info, "n_samples": p.n,
-                                                              "chunk_size": self.chunk_size,
-                                                              "world_size": self.world})
+                try:
+                    self.store.finish_cell(spec.key, p.n_chunks, {**spec.info, "n_samples": p.n,
+                                                                  "chunk_size": self.chunk_size,
+                                                                  "world_size": self.world})
+                except RuntimeError:
+                    raise UserError(f"chunks of {spec.key.label()} were deleted while this run used them (another "
+                                    f"process with --fresh?); rerun the same command") from None
             tot = self.store.cell_totals(spec.key)
             if tot.n + tot.skipped != p.n:
                 raise UserError(f"the store's chunks of {spec.key.label()} hold {tot.n + tot.skipped} samples, this "
