@@ -102,6 +102,34 @@ def no_cuda_gpu() -> str | None:
     return "this machine has a CUDA GPU" if torch.cuda.is_available() else None
 
 
+def foreign_sqlite(tmp: Path) -> dict[str, Path]:
+    """A folder whose `results.sqlite` is another program's database (nothing may be added to it)."""
+    import sqlite3
+
+    (tmp / "other").mkdir()
+    db = tmp / "other" / "results.sqlite"
+    with sqlite3.connect(db) as con:
+        con.execute("CREATE TABLE people (name TEXT)")
+        con.execute("INSERT INTO people VALUES ('ada')")
+    con.close()
+    return {"other": tmp / "other", "db": db, **val_folder(tmp)}
+
+
+def garbled_store(tmp: Path) -> dict[str, Path]:
+    """A results store whose pages are noise (the header survives); it must stay as it is."""
+    from attnprobe.store import CellKey, ChunkCounts, ResultsStore
+
+    with ResultsStore(tmp / "store") as store:
+        for c in range(20):
+            store.add_chunk(CellKey("m", "sha", "clean", "ds", "pre", "clean", 0), c,
+                            ChunkCounts(n=100, correct=c, extra={"pad": "x" * 200}))
+    db = tmp / "store" / "results.sqlite"
+    raw = bytearray(db.read_bytes())
+    raw[100:] = np.random.default_rng(0).integers(0, 256, len(raw) - 100, dtype=np.uint8).tobytes()
+    db.write_bytes(bytes(raw))
+    return {"garbled_store": tmp / "store", "db": db, **val_folder(tmp)}
+
+
 def zero_byte_checkpoint(tmp: Path) -> dict[str, Path]:
     """A checkpoint file of 0 bytes (an interrupted download; it is the user's and must stay as it is)."""
     path = tmp / "model.pth"
@@ -213,8 +241,18 @@ CASES: list[Case] = [
     Case("ood-ten-class-model", ("ood", "--model", "test_vit", "--ckpt", "{ten}", "--set", "a", "--data", "{a}",
                                  "--out", "{tmp}/o"), ("10 output classes", "ImageNet-A"), ten_class_checkpoint,
          foreign=("ten",)),
-    # -- store files (the `store` branch): --out that is a file, a read-only --out, a truncated or garbled
-    #    results.sqlite, a foreign SQLite file as the store (`foreign=`: nothing may be added to it)
+    # store files: --out that is a file, another program's SQLite file, a garbled store (more in test_store_cli.py,
+    # with truncated stores, read-only folders, a full disk and locks)
+    Case("mce-out-is-a-file", ("mce", *MODEL, "--clean", "{val}", "--on-the-fly", "-c", "fog", "-s", "1", "--out",
+                               "{file}"), ("is a file",), lambda t: {**a_file(t), **val_folder(t)}, foreign=("file",)),
+    Case("stability-out-is-a-file", ("stability", *MODEL, "--out", "{file}"), ("is a file",), a_file,
+         foreign=("file",)),
+    Case("clean-foreign-sqlite", ("clean", *MODEL, "--data", "{val}", "--out", "{other}"),
+         ("another program", "people"), foreign_sqlite, foreign=("db",)),
+    Case("heads-foreign-sqlite", ("heads", *MODEL, "--out", "{other}"), ("another program",), foreign_sqlite,
+         foreign=("db",)),
+    Case("mce-garbled-store", ("mce", *MODEL, "--clean", "{val}", "--on-the-fly", "-c", "fog", "-s", "1", "--out",
+                               "{garbled_store}"), ("damaged",), garbled_store, foreign=("db",)),
 ]
 
 

@@ -54,7 +54,8 @@ def _worker(rank: int, world: int, port: int, out: str, queue: object) -> None:
     ctx = D.init_from_env(device="cpu")
     try:
         store = ResultsStore(out) if ctx.is_main else None
-        res = run_cells(tiny_model(), cells(), store, batch_size=3, workers=0, chunk_size=7)
+        # NOTE: one loader worker per rank: the claims must stay ahead of its read-ahead on both ranks
+        res = run_cells(tiny_model(), cells(), store, batch_size=3, workers=1, chunk_size=7)
         queue.put((rank, [(r.n, r.correct, r.skipped, r.n_chunks) for r in res]))  # type: ignore[attr-defined]
         if store is not None:
             store.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import math
 import sys
@@ -23,6 +24,9 @@ app = typer.Typer(
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: File-system errors that are the machine's state, not a bug: one line and exit code 2 like a `UserError`.
+_RESOURCE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
 #: Where every command's results store lives unless --out says otherwise (one store shared by all commands).
 DEFAULT_OUT = Path("attnprobe-results")
@@ -46,6 +50,13 @@ def user_errors(fn: F) -> F:
         except KeyboardInterrupt:
             err_console.print("interrupted; finished work is stored, rerun the same command to resume")
             raise typer.Exit(code=130) from None
+        except OSError as e:  # NOTE: a full or read-only disk met outside the results store (figures, caches, ...)
+            if e.errno not in _RESOURCE_ERRNOS:
+                raise
+            where = f" ({e.filename})" if e.filename else ""
+            err_console.print(f"[bold red]error:[/] {e.strerror}{where}; free some space or use a writable folder, "
+                              f"then rerun the same command (finished work is kept)", soft_wrap=True)
+            raise typer.Exit(code=2) from None
 
     return wrapper  # type: ignore[return-value]
 

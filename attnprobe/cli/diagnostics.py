@@ -92,6 +92,12 @@ def _store(out: Path) -> Any:
     return ResultsStore(out)
 
 
+def check_location(out: Path) -> None:
+    from attnprobe.store import check_location as check
+
+    check(out)
+
+
 def _footer(res: Any) -> None:
     for note in sorted({f"{r['model']}: {n}" for r in res.results for n in r.get("notes", [])}):
         console.print(f"note: {note}", style="dim", soft_wrap=True)
@@ -154,6 +160,7 @@ def stability_cli(
     validate_corruption(corruption)
     sev = _severities(severity)
     imgs = _images(data, image, n)
+    check_location(out)  # a bad --out fails before any model is loaded (nothing is created yet)
     entries = load_entries(model, ckpt, device, quiet=quiet, num_classes=num_classes, precision=precision)
     res = _run(D.stability, quiet, json_out, entries=entries, images=imgs, corruption=corruption, severities=sev,
                store=_store(out), batch_size=batch_size, keep_maps=keep_maps, fresh=fresh)
@@ -195,6 +202,7 @@ def overfocus_cli(
         validate_corruption(corruption)
     sev = _severities(severity)
     imgs = _images(data, image, n)
+    check_location(out)  # a bad --out fails before any model is loaded (nothing is created yet)
     entries = load_entries(model, ckpt, device, quiet=quiet, num_classes=num_classes, precision=precision)
     res = _run(D.overfocus, quiet, json_out, entries=entries, images=imgs, corruption=corruption, severities=sev,
                k=k, tau=tau, store=_store(out), batch_size=batch_size, fresh=fresh)
@@ -244,6 +252,7 @@ def heads_cli(
         validate_corruption(corruption)
     sev = _severities(severity)
     imgs = _images(data, image, n)
+    check_location(out)  # a bad --out fails before any model is loaded (nothing is created yet)
     entries = load_entries(model, ckpt, device, quiet=quiet, num_classes=num_classes, precision=precision)
     res = _run(D.heads, quiet, json_out, entries=entries, images=imgs, corruption=corruption, severities=sev,
                store=_store(out), batch_size=batch_size, fresh=fresh)
@@ -283,6 +292,7 @@ def attention_cli(
         validate_corruption(corruption)
     sev = _severities(severity)
     imgs = _images(data, image, n)
+    check_location(out)  # a bad --out fails before any model is loaded (nothing is created yet)
     entries = load_entries(model, ckpt, device, quiet=quiet, num_classes=num_classes, precision=precision)
     res = _run(D.attention_maps, quiet, json_out, entries=entries, images=imgs, corruption=corruption,
                severities=sev, store=_store(out), batch_size=batch_size, fresh=fresh)

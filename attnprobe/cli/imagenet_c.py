@@ -107,6 +107,9 @@ def mce_cli(
     notes: list[str] = []
     if clean is not None and str(clean) == BUNDLED and not clean.exists():
         from attnprobe.data.imagenet_c import bundled_clean_folder
+        from attnprobe.store import check_location
+
+        check_location(out)  # the photos go into --out: refuse a bad one first
 
         clean = bundled_clean_folder(out)
         notes.append("bundled photos: 3 images, a demo of the pipeline, not an ImageNet-C measurement")

@@ -14,6 +14,7 @@ from torch import nn
 
 from attnprobe.data import corruptions as C
 from attnprobe.diagnostics.inputs import Condition, ModelEntry
+from attnprobe.store import write_atomically
 
 __all__ = ["ARTIFACT_KIND", "ARTIFACT_VERSION", "artifact_path", "load_maps", "save_maps"]
 
@@ -47,7 +48,6 @@ def save_maps(path: Path, e: ModelEntry, dataset: str, image_id: str, cond: Cond
               image: np.ndarray, layers: list[np.ndarray], cls_layers: list[np.ndarray],
               info: list[dict[str, Any]]) -> dict[str, Any]:
     """Write one map file atomically (format in `attnprobe.diagnostics`); returns its metadata."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     windows = [lay["windows"] for lay in info]
     arrays: dict[str, np.ndarray] = {"image": np.asarray(image, dtype=np.uint8)}
     # NOTE: one (L, H, N, N) stack only for global square maps of one shape; anything else (windows, spatial
@@ -75,11 +75,10 @@ def save_maps(path: Path, e: ModelEntry, dataset: str, image_id: str, cond: Cond
             "grid": [side, side] if side and side * side == n_tokens - prefix else None,
             "num_layers": len(layers), "kinds": [lay["kind"] for lay in info]}
     arrays["meta"] = np.array(json.dumps(meta))
-    tmp = path.with_name(path.name + ".tmp.npz")
     # NOTE: uncompressed: float16 attention barely compresses (~10%), and zlib took seconds per FAN-B image,
-    # more than the forward pass itself; only the few images a figure needs are saved.
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
+    # more than the forward pass itself; only the few images a figure needs are saved. A temporary name per
+    # process: two runs on one store may write the same file at once; a full disk is one line, not a traceback.
+    write_atomically(path, lambda tmp: np.savez(tmp, **arrays), "an attention-map file")
     return meta
 
 

@@ -12,11 +12,15 @@ in `attnprobe.benchmarks` build cells and scorers; this package knows nothing ab
     with ResultsStore("results/") as store:
         [res] = run_cells(lm.model, [CellSpec(key, ds)], store, batch_size=128, scorer=my_scorer)
 
-Modules: `loop` (`run_cells`), `plan` (what is left to compute, which rank computes what), `loader` (DataLoader
-defaults, the cells end to end, the chunks' batches), `scoring` (`Scorer` and the top-1 scorers), `cells`
-(`CellSpec`, `CellResult`), `progress` (`ProgressHook`, `RichProgress`), `execution` (precision, channels_last,
-torch.compile, and the store-key tag of reduced precision), `device_input` (decoding and transforming images on the
-compute device).
+Modules: `loop` (`run_cells`), `plan` (each cell's state when a run starts), `claims` (which chunks this process
+computes next: leases in the store, shared by other processes, and the DataLoader's batch sampler), `loader`
+(DataLoader defaults, the cells end to end), `scoring` (`Scorer` and the top-1 scorers), `cells` (`CellSpec`,
+`CellResult`), `progress` (`ProgressHook`, `RichProgress`), `execution` (precision, channels_last, torch.compile,
+and the store-key tag of reduced precision), `device_input` (decoding and transforming images on the compute
+device).
+
+Several processes (independent jobs, a second terminal) may run `run_cells` on the same store at once: they split
+the chunks between them, and each returns the totals of the whole cells.
 
 Dataset contract: `len(ds)` samples in a fixed (sorted) order; `ds[i]` returns `(input, target)` or
 `(input, target, ok)` where `ok=False` marks an unreadable sample (its input must still have the right shape, e.g.

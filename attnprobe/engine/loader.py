@@ -1,21 +1,22 @@
-"""Feeding the engine: DataLoader defaults, all cells' datasets end to end, and the batches of the chunks to compute.
+"""Feeding the engine: DataLoader defaults, all cells' datasets end to end, and the chunks to compute.
 
-One DataLoader serves every cell of a run, so workers stay alive across cells and prefetching runs over cell
-boundaries; batches never straddle two cells or two chunks.
+One DataLoader serves every cell of a pass (a run is one pass unless it waits for chunks of other processes), so
+workers stay alive across cells and prefetching runs over cell boundaries; batches never straddle two cells or two
+chunks. The batch sampler is `claims.ChunkQueue`: chunks are claimed as the loader reads ahead.
 """
 
 from __future__ import annotations
 
 import bisect
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ["Chunk", "ChunkBatches", "ConcatCells", "default_workers", "loader_settings"]
+__all__ = ["Chunk", "ConcatCells", "default_workers", "loader_settings"]
 
 
 def default_workers(world_size: int = 1) -> int:
@@ -44,12 +45,13 @@ def loader_settings(device: torch.device, workers: int | None, world_size: int =
 
 @dataclass
 class Chunk:
+    """One chunk of one cell, as this rank computes it."""
+
     cell: int  # index into the cells list
     chunk: int  # chunk index within the cell
     size: int  # samples in the chunk over all ranks
     mine: Sequence[int]  # this rank's share (a range), as indices into the concatenation of all cells
     batch_size: int
-    last: bool  # last chunk still to compute for this cell
 
     def batches(self) -> list[range]:
         return [self.mine[i:i + self.batch_size] for i in range(0, len(self.mine), self.batch_size)]
@@ -76,20 +78,3 @@ class ConcatCells(Dataset):
         c = self._locate(indices[0])
         ds, off = self.datasets[c], self.offsets[c]
         return [ds[i - off] for i in indices]
-
-
-class ChunkBatches:
-    """Yields the batches of every chunk to compute, in order, without materialising 3.75M indices up front."""
-
-    def __init__(self, todo: list[Chunk]) -> None:
-        self.todo = todo
-
-    def __iter__(self) -> Iterator[list[int]]:
-        for ch in self.todo:
-            for b in ch.batches():
-                yield list(b)
-
-    def __len__(self) -> int:
-        return sum(len(ch.batches()) for ch in self.todo)
-
-

@@ -2,8 +2,10 @@
 
 * resumable: each finished chunk is committed in its own transaction; a rerun skips committed chunks and finished
   cells, so a run killed at any moment (Ctrl-C, kill -9) and rerun counts every sample exactly once;
-* distributed: under `torchrun`, every chunk is sharded over the ranks (see `plan.py`), the counts of all ranks are
-  summed with one all-reduce per chunk, and only rank 0 writes;
+* shared: chunks are claimed in the store before they are computed (`claims.py`), so independent processes started
+  on the same store (array jobs, a second terminal) split the work, and each returns the same totals;
+* distributed: under `torchrun`, every chunk is sharded over the ranks, the counts of all ranks are summed with one
+  all-reduce per chunk, and only rank 0 claims and writes;
 * cheap: one DataLoader for all cells (`loader.py`), counts stay on the device until a chunk ends (one host sync
   per chunk, not per batch).
 """
@@ -24,14 +26,15 @@ from torch.utils.data import DataLoader, Dataset
 from attnprobe import distributed as D
 from attnprobe.data.encoded import EncodedBatch, collate
 from attnprobe.engine.cells import CellResult, CellSpec
+from attnprobe.engine.claims import ChunkQueue, read_ahead
 from attnprobe.engine.device_input import DeviceInput, decoder_name, decoder_tag, resolve_decode
 from attnprobe.engine.execution import Execution, tag_preprocessing
-from attnprobe.engine.loader import Chunk, ChunkBatches, ConcatCells, loader_settings
-from attnprobe.engine.plan import CellPlan, chunks_to_compute, plan_cells
+from attnprobe.engine.loader import Chunk, ConcatCells, loader_settings
+from attnprobe.engine.plan import CellPlan, plan_cells
 from attnprobe.engine.progress import ProgressHook
 from attnprobe.engine.scoring import Scorer, top1_scorer
 from attnprobe.errors import UserError
-from attnprobe.store import ChunkCounts, ResultsStore
+from attnprobe.store import ChunkCounts, ResultsStore, StoreConflictError
 
 __all__ = ["CHUNK_SIZE", "run_cells"]
 
@@ -98,33 +101,38 @@ def run_cells(model: nn.Module, cells: Sequence[CellSpec], store: ResultsStore |
     cells, datasets, inputs = _input_paths(cells, resolve_decode(decode, dev), dev, ex.info(model, dev))
 
     plan = plan_cells(cells, store, chunk_size, fresh)
-    todo, offsets = chunks_to_compute(plan, chunk_size, batch_size)
-    run = _Run(cells, plan, offsets, store, hook, scorer, dev, chunk_size, strict)
-    hook.start(len(cells), sum(t.size for t in todo))
+    kw = loader_settings(dev, workers, D.world_size())
+    if pin_memory is not None:
+        kw["pin_memory"] = pin_memory
+    queue = ChunkQueue(cells, plan, store, chunk_size, batch_size, read_ahead(kw), hook)
+    run = _Run(cells, plan, queue, store, hook, scorer, dev, chunk_size, strict)
+    hook.start(len(cells), queue.samples_left())
     if main:  # cells with nothing left to compute
-        pending = {t.cell for t in todo}
         for ci, p in enumerate(plan):
-            if ci not in pending:
+            if len(p.done) >= p.n_chunks:
                 hook.cell_start(cells[ci].key, p.n, p.n)
                 run.finish(ci)
-    if todo:
-        kw = loader_settings(dev, workers, D.world_size())
-        if pin_memory is not None:
-            kw["pin_memory"] = pin_memory
-        loader = DataLoader(ConcatCells(datasets, offsets), batch_sampler=ChunkBatches(todo), collate_fn=collate,
-                            **kw)
-        forward = _Forward(ex.prepare(model, dev), scorer, dev, ex, inputs, ex.uses_channels_last(model, dev))
-        it: Iterator[Any] = iter(loader)
-        try:
-            current = -1
-            for ch in todo:
-                if ch.cell != current:
-                    current = ch.cell
-                    hook.cell_start(cells[current].key, plan[current].n, plan[current].samples_done(chunk_size))
-                t0 = time.perf_counter()
-                run.commit(ch, run.evaluate(ch, it, forward), time.perf_counter() - t0)
-        finally:
-            del it  # shuts the loader's workers down, also on Ctrl-C
+    forward = _Forward(ex.prepare(model, dev), scorer, dev, ex, inputs, ex.uses_channels_last(model, dev))
+    dataset = ConcatCells(datasets, queue.offsets)
+    try:
+        while queue.next_pass():
+            it: Iterator[Any] = iter(DataLoader(dataset, batch_sampler=queue.batches(), collate_fn=collate, **kw))
+            try:
+                current = -1
+                while (ch := queue.next_chunk()) is not None:
+                    if ch.cell != current:
+                        current = ch.cell
+                        hook.cell_start(cells[current].key, plan[current].n, plan[current].samples_done(chunk_size))
+                    t0 = time.perf_counter()
+                    run.commit(ch, run.evaluate(ch, it, forward), time.perf_counter() - t0)
+            finally:
+                del it  # shuts the loader's workers down, also on Ctrl-C
+        if main:  # cells completed (partly) by other processes
+            for ci in range(len(cells)):
+                run.finish(ci)
+    finally:
+        if store is not None:
+            _release(store)
 
     # every rank returns rank 0's totals
     out = D.broadcast_object([r.__dict__ if r is not None else None for r in run.results])
@@ -195,10 +203,10 @@ class _ChunkOutcome:
 class _Run:
     """State of one `run_cells` call: the plan, running totals per cell, and the results of finished cells."""
 
-    def __init__(self, cells: Sequence[CellSpec], plan: Sequence[CellPlan], offsets: Sequence[int],
+    def __init__(self, cells: Sequence[CellSpec], plan: Sequence[CellPlan], queue: ChunkQueue,
                  store: ResultsStore | None, hook: ProgressHook, scorer: Scorer, device: torch.device,
                  chunk_size: int, strict: bool) -> None:
-        self.cells, self.plan, self.offsets = cells, plan, offsets
+        self.cells, self.plan, self.queue, self.offsets = cells, plan, queue, queue.offsets
         self.scorer, self.device = scorer, device
         self.store, self.hook, self.chunk_size, self.strict = store, hook, chunk_size, strict
         self.rank, self.world = D.rank(), D.world_size()
@@ -269,31 +277,64 @@ class _Run:
         sums = {f: _num(v) for f, v in zip(fields, total[3:])}
         counts = ChunkCounts(n=n_all, correct=int(round(sums.get("correct", 0))), skipped=bad_all,
                              extra={k: v for k, v in sums.items() if k != "correct"} or None)
+        stored = True
         if self.store is not None:
             bits = skip = None
             if per_sample:
                 code = total_t[n_head:].round().to(torch.int64).numpy()
                 bits, skip = code == 1, code == 2
-            self.store.add_chunk(self.cells[ch.cell].key, ch.chunk, counts, correct_bits=bits, skipped_mask=skip)
-        mt = self.mem_totals[ch.cell]
-        for k, v in (("n", counts.n), ("correct", counts.correct), ("skipped", counts.skipped),
-                     *((counts.extra or {}).items())):
-            mt[k] = mt.get(k, 0) + v
-        self.computed[ch.cell] += 1
+            stored = self._store_chunk(ch, counts, bits, skip)
+        if stored:
+            mt = self.mem_totals[ch.cell]
+            for k, v in (("n", counts.n), ("correct", counts.correct), ("skipped", counts.skipped),
+                         *((counts.extra or {}).items())):
+                mt[k] = mt.get(k, 0) + v
+            self.computed[ch.cell] += 1
         self.seconds[ch.cell] += seconds
-        if ch.last and D.is_main():
+        self.queue.committed(ch.cell, ch.chunk)
+        if D.is_main() and self._complete(ch.cell):
             self.finish(ch.cell)
+
+    def _store_chunk(self, ch: Chunk, counts: ChunkCounts, bits: Any, skip: Any) -> bool:
+        """Commit on rank 0; False when another process committed the chunk first (its numbers are kept)."""
+        assert self.store is not None
+        key = self.cells[ch.cell].key
+        try:
+            return self.store.add_chunk(key, ch.chunk, counts, correct_bits=bits, skipped_mask=skip)
+        except StoreConflictError as e:
+            if e.stored is not None and e.stored.n + e.stored.skipped != ch.size:
+                raise UserError(f"another process stores {key.label()} in chunks of another size (chunk {ch.chunk}: "
+                                f"{e.stored.n + e.stored.skipped} samples, here {ch.size}); run every process with "
+                                f"the same --chunk-size and data, or rerun with --fresh") from None
+            # NOTE: same chunk, other counts: a nondeterministic forward pass (e.g. on GPUs); one value is kept
+            self.hook.warn(f"{e}; this process's counts were dropped")
+            return False
+
+    def _complete(self, ci: int) -> bool:
+        """Whether every chunk of cell `ci` is known to be committed (cells completed by other processes since this
+        process last claimed in them are finished at the end of the run)."""
+        return self.queue.cell_complete(ci)
 
     # -- a finished cell -----------------------------------------------------------------------------------------
     def finish(self, ci: int) -> None:
-        """Mark cell `ci` done in the store (if this run computed any of it) and record its totals."""
+        """Mark cell `ci` done in the store (unless it was) and record its totals, read back from the store."""
         spec, p = self.cells[ci], self.plan[ci]
+        if self.results[ci] is not None:
+            return
         if self.store is not None:
-            if not p.finished or self.computed[ci]:
-                self.store.finish_cell(spec.key, p.n_chunks, {**spec.info, "n_samples": p.n,
-                                                              "chunk_size": self.chunk_size,
-                                                              "world_size": self.world})
+            if not p.finished:
+                try:
+                    self.store.finish_cell(spec.key, p.n_chunks, {**spec.info, "n_samples": p.n,
+                                                                  "chunk_size": self.chunk_size,
+                                                                  "world_size": self.world})
+                except RuntimeError:
+                    raise UserError(f"chunks of {spec.key.label()} were deleted while this run used them (another "
+                                    f"process with --fresh?); rerun the same command") from None
             tot = self.store.cell_totals(spec.key)
+            if tot.n + tot.skipped != p.n:
+                raise UserError(f"the store's chunks of {spec.key.label()} hold {tot.n + tot.skipped} samples, this "
+                                f"run has {p.n}: another process used another --chunk-size or sample list; rerun with "
+                                f"--fresh to recompute this cell")
             n, correct, skipped, extra = tot.n, tot.correct, tot.skipped, dict(tot.extra or {})
         else:
             t = self.mem_totals[ci]
@@ -304,6 +345,15 @@ class _Run:
                          seconds=self.seconds[ci], skipped_samples=self.skipped_names[ci])
         self.results[ci] = res
         self.hook.cell_end(res)
+
+
+def _release(store: ResultsStore) -> None:
+    """Give back the leases of chunks this run claimed but did not commit (an error or Ctrl-C), so others need not
+    wait for them to expire."""
+    try:
+        store.release_leases()
+    except UserError:  # NOTE: e.g. the disk is full; the leases then expire on their own
+        pass
 
 
 def _unpack(batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:

@@ -1,8 +1,9 @@
-"""Planning a run: which chunks of which cells are still to compute, and which rank computes which samples.
+"""Planning a run: the state of every cell when the run starts (its size, chunks, what is already committed).
 
-Rank 0 reads the store (committed chunks, finished cells) and every rank receives the same plan, so all ranks walk
-the same chunks in the same order; within a chunk, samples are dealt out `index % world == rank` (no sample twice,
-no padding, unlike `DistributedSampler`).
+Rank 0 reads the store (committed chunks, finished cells), checks that they fit this run (same chunk size and sample
+list), and every rank receives the same plan. Which chunks this process then computes is decided as it goes
+(`claims.py`: other processes may share the store); within a chunk, samples are dealt out `index % world == rank`
+(no sample twice, no padding, unlike `DistributedSampler`).
 """
 
 from __future__ import annotations
@@ -13,11 +14,10 @@ from dataclasses import dataclass, field
 
 from attnprobe import distributed as D
 from attnprobe.engine.cells import CellSpec
-from attnprobe.engine.loader import Chunk
 from attnprobe.errors import UserError
 from attnprobe.store import CellKey, ResultsStore
 
-__all__ = ["CellPlan", "plan_cells", "chunks_to_compute"]
+__all__ = ["CellPlan", "plan_cells"]
 
 
 @dataclass
@@ -79,20 +79,3 @@ def plan_cells(cells: Sequence[CellSpec], store: ResultsStore | None, chunk_size
         raise UserError(f"rank {D.rank()} sees different cells or sample counts than rank 0; every rank must read "
                         f"the same data tree (same path, same files)")
     return plan
-
-
-def chunks_to_compute(plan: Sequence[CellPlan], chunk_size: int, batch_size: int) -> tuple[list[Chunk], list[int]]:
-    """This rank's share of every chunk still to compute, in order, and the offsets of the cells end to end."""
-    rank, world = D.rank(), D.world_size()
-    offsets = [0]
-    for p in plan:
-        offsets.append(offsets[-1] + p.n)
-    todo: list[Chunk] = []
-    for ci, p in enumerate(plan):
-        done = set(p.done)
-        missing = [c for c in range(p.n_chunks) if c not in done]
-        for k, c in enumerate(missing):
-            start, stop = c * chunk_size, min(p.n, (c + 1) * chunk_size)
-            share = D.shard(range(offsets[ci] + start, offsets[ci] + stop), rank, world)
-            todo.append(Chunk(ci, c, stop - start, share, batch_size, k == len(missing) - 1))
-    return todo, offsets
