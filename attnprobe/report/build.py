@@ -31,6 +31,7 @@ from attnprobe.report import bootstrap as B
 from attnprobe.report import figures as F
 from attnprobe.report import tables as T
 from attnprobe.report.html import FigureEntry, TableEntry, render_index
+from attnprobe.report.segmentation import SEG_TASKS, segmentation_section
 from attnprobe.report.loaders import (
     MapRef,
     attention_map_refs,
@@ -126,6 +127,7 @@ def load_report_data(store: ResultsStore, baseline: str | None = None,
     """
     runs = models_frame(store)
     cells = cells_frame(store)
+    cells = cells[~cells["task"].isin(SEG_TASKS)] if not cells.empty else cells  # NOTE: drawn by report/segmentation
     chunks = chunks_frame(store)
     diags = {m: diagnostics_frame(store, m) for m in DIAGNOSTIC_METRICS}
     maps = attention_map_refs(store)
@@ -548,6 +550,10 @@ def build_report(results_dir: str | Path, out_dir: str | Path, baseline: str | N
     figures += draw_attention_figures(data, fig_dir, formats, condition, severity, layer=layer,
                                       max_images=max_images, head_similarity=hs_layer)
     figures += draw_hparam_figures(data, fig_dir, formats, summary, stab.means if stab else None)
+    # segmentation: Table 4, supplementary Tables IV / V, Figs. 6, V, VI (attnprobe.report.segmentation)
+    with open_store(results_dir) as store:
+        seg = segmentation_section(store, fig_dir, tab_dir, formats, data.styles, data.keys, data.baseline, data.cards)
+    tables, figures, notes = tables + seg.tables, figures + seg.figures, notes + seg.notes
     if not figures and not tables:
         notes.append("The store holds no results this report can draw yet.")
 
