@@ -36,7 +36,7 @@ def test_top_level_api_reproduces_an_official_fixture() -> None:
 
 def test_create_model_official_and_zoo_names_agree() -> None:
     torch.manual_seed(0)
-    a = attnprobe.create_model("tap_fan_tiny_8_p4_hybrid", num_scales=4)
-    b = attnprobe.create_model("fan_t")
+    a = attnprobe.create_model("tap_fan_tiny_8_p4_hybrid", num_scales=4, pretrained=False)
+    b = attnprobe.create_model("fan_t", pretrained=False)
     assert not a.training and not b.training
     assert sum(p.numel() for p in a.parameters()) > sum(p.numel() for p in b.parameters())

@@ -9,8 +9,11 @@ from attnprobe.cli._common import DEFAULT_OUT
 # NOTE: not required at the Typer level, so a missing --model gets our one-line error (pair_models), not a usage box.
 MODELS = typer.Option(None, "--model", "-m", help="Zoo name (fan_b_tapadl), official name or any timm model name; "
                       "repeat to compare several models on the same data.")
-CKPTS = typer.Option(None, "--ckpt", help="Checkpoint file (.pth, .pth.tar, .bin, .safetensors), one per --model in "
-                     "order (default: the model's published weights; '-' for random weights, a smoke test only).")
+CKPTS = typer.Option(None, "--ckpt", help="Checkpoint file (.pth, .pth.tar, .bin, .safetensors) or model folder, one "
+                     "per --model in order (default: the model's published weights; '-' for random weights, a smoke "
+                     "test only).")
+NUM_CLASSES = typer.Option(None, "--num-classes", min=0, help="Classifier outputs of every --model (default: as its "
+                           "checkpoint has them, e.g. 10 for a model fine-tuned to 10 classes).")
 OUT = typer.Option(DEFAULT_OUT, "--out", "-o", help="Output directory holding the results store (results.sqlite).")
 WORKERS = typer.Option(None, "--workers", "-j", min=0,
                        help="Data loader processes per rank (default: min(8, CPU cores / ranks on the node)).")

@@ -35,7 +35,7 @@ def clean_cli(
     from attnprobe.benchmarks.clean import evaluate_clean
     from attnprobe.data.folders import scan_class_folders
 
-    pairs = pair_models(model, ckpt)
+    pairs = pair_models(model, ckpt, outputs=1000, what="clean ImageNet accuracy")
     samples = scan_class_folders(data, what="validation folder")  # reject a bad folder before loading a model
 
     def run(loaded: Any, store: Any, ctx: Any, progress: Any) -> Any:

@@ -36,7 +36,8 @@ def _fmt(x: Any, digits: int = 3) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
-def load_entries(models: list[str], ckpts: Optional[list[str]], device: Optional[str], quiet: bool = False) -> list:
+def load_entries(models: list[str], ckpts: Optional[list[str]], device: Optional[str], quiet: bool = False,
+                 num_classes: Optional[int] = None) -> list:
     """Load every `--model` with its `--ckpt` (same order) onto `device` as `ModelEntry`s."""
     import torch
 
@@ -55,7 +56,8 @@ def load_entries(models: list[str], ckpts: Optional[list[str]], device: Optional
         if not quiet:
             err_console.print(f"[yellow]warning:[/] {message}", soft_wrap=True)
 
-    return [ModelEntry.from_loaded(load_cli_model(name, ckpt, dev, warn=warn)) for name, ckpt in pairs]
+    return [ModelEntry.from_loaded(load_cli_model(name, ckpt, dev, warn=warn, num_classes=num_classes))
+            for name, ckpt in pairs]
 
 
 def _images(data: Optional[Path], image: Optional[list[Path]], n: Optional[int]) -> Any:
@@ -130,6 +132,7 @@ def _model_columns_table(title: str, group: list[dict[str, Any]], field: str, su
 def stability_cli(
     model: Optional[list[str]] = O.MODELS,
     ckpt: Optional[list[str]] = O.CKPTS,
+    num_classes: Optional[int] = O.NUM_CLASSES,
     corruption: str = typer.Option("gaussian_noise", "--corruption", "-c", help="ImageNet-C corruption name."),
     severity: Optional[str] = _SEVERITY,
     data: Optional[Path] = _DATA,
@@ -150,7 +153,7 @@ def stability_cli(
     validate_corruption(corruption)
     sev = _severities(severity)
     imgs = _images(data, image, n)
-    entries = load_entries(model, ckpt, device, quiet=quiet)
+    entries = load_entries(model, ckpt, device, quiet=quiet, num_classes=num_classes)
     res = _run(D.stability, quiet, json_out, entries=entries, images=imgs, corruption=corruption, severities=sev,
                store=_store(out), batch_size=batch_size, keep_maps=keep_maps, fresh=fresh)
     if json_out:
@@ -166,6 +169,7 @@ def stability_cli(
 def overfocus_cli(
     model: Optional[list[str]] = O.MODELS,
     ckpt: Optional[list[str]] = O.CKPTS,
+    num_classes: Optional[int] = O.NUM_CLASSES,
     corruption: Optional[str] = typer.Option(None, "--corruption", "-c", help="Also measure corrupted images."),
     severity: Optional[str] = _SEVERITY,
     data: Optional[Path] = _DATA,
@@ -189,7 +193,7 @@ def overfocus_cli(
         validate_corruption(corruption)
     sev = _severities(severity)
     imgs = _images(data, image, n)
-    entries = load_entries(model, ckpt, device, quiet=quiet)
+    entries = load_entries(model, ckpt, device, quiet=quiet, num_classes=num_classes)
     res = _run(D.overfocus, quiet, json_out, entries=entries, images=imgs, corruption=corruption, severities=sev,
                k=k, tau=tau, store=_store(out), batch_size=batch_size, fresh=fresh)
     if json_out:
@@ -216,6 +220,7 @@ def overfocus_cli(
 def heads_cli(
     model: Optional[list[str]] = O.MODELS,
     ckpt: Optional[list[str]] = O.CKPTS,
+    num_classes: Optional[int] = O.NUM_CLASSES,
     corruption: Optional[str] = typer.Option(None, "--corruption", "-c", help="Also measure corrupted images."),
     severity: Optional[str] = _SEVERITY,
     data: Optional[Path] = _DATA,
@@ -236,7 +241,7 @@ def heads_cli(
         validate_corruption(corruption)
     sev = _severities(severity)
     imgs = _images(data, image, n)
-    entries = load_entries(model, ckpt, device, quiet=quiet)
+    entries = load_entries(model, ckpt, device, quiet=quiet, num_classes=num_classes)
     res = _run(D.heads, quiet, json_out, entries=entries, images=imgs, corruption=corruption, severities=sev,
                store=_store(out), batch_size=batch_size, fresh=fresh)
     if json_out:
@@ -253,6 +258,7 @@ def heads_cli(
 def attention_cli(
     model: Optional[list[str]] = O.MODELS,
     ckpt: Optional[list[str]] = O.CKPTS,
+    num_classes: Optional[int] = O.NUM_CLASSES,
     image: Optional[list[Path]] = _IMAGES,
     data: Optional[Path] = _DATA,
     n: Optional[int] = _N,
@@ -273,7 +279,7 @@ def attention_cli(
         validate_corruption(corruption)
     sev = _severities(severity)
     imgs = _images(data, image, n)
-    entries = load_entries(model, ckpt, device, quiet=quiet)
+    entries = load_entries(model, ckpt, device, quiet=quiet, num_classes=num_classes)
     res = _run(D.attention_maps, quiet, json_out, entries=entries, images=imgs, corruption=corruption,
                severities=sev, store=_store(out), batch_size=batch_size, fresh=fresh)
     if json_out:

@@ -36,7 +36,7 @@ def ood_cli(
     """Top-1 accuracy with the logits restricted to the set's 200 classes."""
     from attnprobe.benchmarks.imagenet_ar import evaluate_subset, subset_samples
 
-    pairs = pair_models(model, ckpt)
+    pairs = pair_models(model, ckpt, outputs=1000, what=f"ImageNet-{set_name.upper()}")
     subset_samples(data, set_name)  # reject a wrong folder or set before loading any model
     name = set_name.lower()
 

@@ -99,7 +99,7 @@ def mce_cli(
     """Evaluate each model on every ImageNet-C cell with the model loaded once; finished cells are skipped."""
     from attnprobe.benchmarks.imagenet_c import check_imagenet_c_inputs, evaluate_imagenet_c
 
-    pairs = pair_models(model, ckpt)
+    pairs = pair_models(model, ckpt, outputs=1000, what="ImageNet-C")
     notes: list[str] = []
     if clean is not None and str(clean) == BUNDLED and not clean.exists():
         from attnprobe.data.imagenet_c import bundled_clean_folder

@@ -39,7 +39,7 @@ def pgd_cli(
     from attnprobe.data.folders import scan_class_folders
     from attnprobe.benchmarks.pgd import evaluate_pgd
 
-    pairs = pair_models(model, ckpt)
+    pairs = pair_models(model, ckpt, outputs=1000, what="PGD robust accuracy")
     scan_class_folders(data, "validation folder")  # reject a bad folder before loading any model
 
     def run(loaded: Any, store: Any, ctx: Any, progress: Any) -> Any:
