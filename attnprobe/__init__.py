@@ -29,7 +29,7 @@ _EXPORTS = {
     "UserError": "attnprobe.errors",
 }
 _SUBMODULES = {"metrics", "robustness", "data", "report", "archs", "store", "zoo", "capture", "engine",
-               "benchmarks", "attacks", "diagnostics"}
+               "benchmarks", "attacks", "diagnostics", "segmentation"}
 
 __all__ = sorted(_EXPORTS) + sorted(_SUBMODULES)
 

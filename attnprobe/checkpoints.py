@@ -213,6 +213,9 @@ def load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], arch: str,
     """Load `state` strictly into `model`, or raise one `CheckpointMismatchError` that explains the mismatch."""
     missing, unexpected, misshaped = compare_state_dict(model, state)
     if missing or unexpected or misshaped:
+        if (task_error := task_mismatch_message(list(model.state_dict()), list(state), source, arch)) is not None:
+            raise CheckpointMismatchError(task_error)
+
         def first(keys: list[str]) -> str:
             return ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "") if keys else "-"
 
@@ -270,3 +273,26 @@ def fetch_checkpoint(url: str, sha256: str | None = None, timeout: float = 30.0)
         raise UserError(f"checksum mismatch for {url}: expected sha256 {sha256[:12]}…, got {got[:12]}…; {hint}")
     tmp_path.replace(target)  # atomic: a killed download never leaves a half file under the final name
     return target
+
+
+# -- classification vs segmentation checkpoints --------------------------------------------------------------------
+_SEG_HEAD = "decode_head."
+
+
+def task_mismatch_message(model_keys: list[str], state_keys: list[str], source: str, arch: str) -> str | None:
+    """A one-line error when a classification checkpoint meets a segmentation model or the other way round.
+
+    Segmentation models (mmseg ``EncoderDecoder`` layout) have ``backbone.*`` and ``decode_head.*`` weights;
+    classifiers have no ``decode_head.*``. Returns None when the mismatch is of another kind.
+    """
+    model_head = [k for k in model_keys if k.startswith(_SEG_HEAD)]
+    state_has_head = any(k.startswith(_SEG_HEAD) for k in state_keys)
+    if model_head and not state_has_head:
+        names = ", ".join(model_head[:3]) + (", ..." if len(model_head) > 3 else "")
+        return (f"{source} is not a segmentation checkpoint: the segmentation model {arch!r} needs its decode head "
+                f"weights, and all {len(model_head)} decode_head.* keys are missing ({names}); pass the segmentation "
+                "checkpoint (e.g. tapadl_fan_base_segmentation.pth), not the ImageNet classifier")
+    if state_has_head and not model_head:
+        return (f"{source} is a segmentation checkpoint (backbone.* and decode_head.* weights) and {arch!r} is a "
+                "classifier; load it as a segmentation model (e.g. --model fan_b_tapadl_seg)")
+    return None

@@ -44,7 +44,7 @@ class RandomWeightsWarning(UserWarning):
     """A model was built with random weights (asked for explicitly); its numbers only test the pipeline."""
 
 # Modules that register architectures into timm on import (optional ones may be absent in a trimmed install).
-_ARCH_MODULES = ("attnprobe.archs",)
+_ARCH_MODULES = ("attnprobe.archs", "attnprobe.segmentation.model")
 
 
 @dataclass(frozen=True)
