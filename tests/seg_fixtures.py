@@ -1,7 +1,8 @@
 """Small segmentation models and data for the segmentation benchmark tests (CPU, offline).
 
 `TinySeg` is a stand-in segmentation model (any (B, 3, H, W) -> (B, 19, H, W) logits module with `task` and
-`test_cfg`), so the benchmark, CLI and report run without the full FAN models.
+`test_cfg`): the benchmark, CLI and report logic does not depend on the network, and it is fast. `write_fan_card`
+makes a zoo card of a tiny real FAN / TAP-FAN-Hybrid + SegFormer for the end-to-end checks.
 """
 
 from __future__ import annotations
@@ -13,35 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import attnprobe.segmentation as _seg
-
-# -- TEMPORARY: slide inference shim until branch `archs` (attnprobe.segmentation.infer) is merged -----------------
-# NOTE: deliberately minimal; the merge replaces it (the real infer is used whenever it exists).
-if "infer" not in getattr(_seg, "_EXPORTS", {}):
-    def _temporary_infer(model: nn.Module, x: torch.Tensor, mode: str | None = None, crop: Any = None,
-                         stride: Any = None, output_size: Any = None, **_: Any) -> torch.Tensor:
-        if mode == "whole":
-            logits = model(x)
-        else:
-            (ch, cw), (sh, sw) = crop, stride
-            b, _, h, w = x.shape
-            logits = count = None
-            for i in range(max(h - ch + sh - 1, 0) // sh + 1):
-                for j in range(max(w - cw + sw - 1, 0) // sw + 1):
-                    y2, x2 = min(i * sh + ch, h), min(j * sw + cw, w)
-                    y1, x1 = max(y2 - ch, 0), max(x2 - cw, 0)
-                    out = model(x[:, :, y1:y2, x1:x2])
-                    if logits is None:
-                        logits = x.new_zeros(b, out.shape[1], h, w)
-                        count = x.new_zeros(1, 1, h, w)
-                    logits[:, :, y1:y2, x1:x2] += out
-                    count[:, :, y1:y2, x1:x2] += 1
-            logits = logits / count
-        if output_size is not None and tuple(logits.shape[-2:]) != tuple(output_size):
-            logits = F.interpolate(logits, size=tuple(output_size), mode="bilinear", align_corners=False)
-        return logits
-
-    _seg.infer = _temporary_infer  # type: ignore[attr-defined]
+#: Constructor overrides that shrink the zoo's FAN-B segmentation models to a few thousand parameters.
+TINY_FAN = dict(embed_dim=32, depth=2, num_heads=4, backbone={"depths": [1, 1], "dims": [16, 32, 64, 128]},
+                decoder_embed_dim=32, head_channels=16)
 
 
 class TinySeg(nn.Module):
@@ -123,3 +98,16 @@ def register_tiny_seg() -> None:
         return TinySeg(seed=seed)
 
     timm.models.register_model(tiny_seg_arch)
+
+
+def write_fan_card(models_dir: Path, name: str, tap: bool = True) -> Path:
+    """A zoo card of a tiny (TAP-)FAN-Hybrid + SegFormer head for the synthetic 64 x 128 street scenes."""
+    models_dir.mkdir(parents=True, exist_ok=True)
+    arch = "segformer_tap_fan_base_16_p4_hybrid" if tap else "segformer_fan_base_16_p4_hybrid"
+    path = models_dir / f"{name}.toml"
+    path.write_text(
+        f'name = "{name}"\narch = "{arch}"\ntask = "segmentation"\nmethod = "{"tapadl" if tap else "baseline"}"\n\n'
+        f"[kwargs]\n{'num_scales = 4' if tap else ''}\nembed_dim = 32\ndepth = 2\nnum_heads = 4\n"
+        "decoder_embed_dim = 32\nhead_channels = 16\nbackbone = { depths = [1, 1], dims = [16, 32, 64, 128] }\n\n"
+        '[segmentation]\nimg_scale = [128, 64]\nmode = "slide"\ncrop_size = [64, 64]\nstride = [48, 48]\n')
+    return path

@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +50,7 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
     for name, seed in (("seg_a", 0), ("seg_b", 1)):
         ckpts[name] = tmp_path / f"{name}.pth"
         torch.save(TinySeg(seed).state_dict(), ckpts[name])
-    return {"root": tmp_path, **ckpts}
+    return {"root": tmp_path, "models": models, **ckpts}
 
 
 def run(*args: str) -> tuple[int, str, str]:
@@ -175,6 +176,39 @@ def test_classification_model_is_refused_before_anything_is_stored(trees: dict[s
     assert code == 2 and "is a classification model" in err
     with sqlite3.connect(out / "results.sqlite") as con:  # refused before the model was recorded
         assert con.execute("SELECT COUNT(*) FROM models").fetchone()[0] == 0
+
+
+def test_tiny_fan_segformer_end_to_end_and_checkpoint_mixups(trees: dict[str, Path], env: dict[str, Path]) -> None:
+    from attnprobe import zoo
+    from tests.seg_fixtures import TINY_FAN, write_fan_card
+
+    write_fan_card(env["models"], "fan_seg_tiny")
+    shutil.copy(REPO / "models" / "fan_b_tapadl.toml", env["models"] / "fan_b_tapadl.toml")  # before cards are cached
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", zoo.RandomWeightsWarning)
+        seg = zoo.load_model("fan_seg_tiny", pretrained=False).model
+    torch.save(seg.state_dict(), env["root"] / "seg.pth")
+    out = env["root"] / "out"
+    code, stdout, err = run("seg", "--model", "fan_seg_tiny", "--ckpt", str(env["root"] / "seg.pth"), "--data",
+                            str(trees["cs"]), "--out", str(out), "--workers", "0", "--json")
+    assert code == 0, err
+    r = json.loads(stdout)["results"][0]
+    assert r["cells"][0]["n"] == 6 and r["miou"] is not None and "slide:crop=64x64:stride=48x48" in r["preprocessing"]
+    # a classification checkpoint for a segmentation model, and the reverse: one line naming the problem, exit 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", zoo.RandomWeightsWarning)
+        cls = zoo.load_model("fan_b_tapadl", pretrained=False,
+                             **{k: v for k, v in TINY_FAN.items() if k not in ("decoder_embed_dim", "head_channels")})
+    torch.save(cls.model.state_dict(), env["root"] / "cls.pth")
+    code, _, err = run("seg", "--model", "fan_seg_tiny", "--ckpt", str(env["root"] / "cls.pth"), "--data",
+                       str(trees["cs"]), "--out", str(env["root"] / "o2"))
+    assert code == 2 and "not a segmentation checkpoint" in err and "decode_head" in err
+    assert len(err.strip().splitlines()) == 1
+    code, _, err = run("clean", "--model", "fan_b_tapadl", "--ckpt", str(env["root"] / "seg.pth"), "--data",
+                       str(trees["cs"]), "--out", str(env["root"] / "o3"))
+    assert code == 2 and "is a segmentation checkpoint" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run("seg", "--model", "fan_b_tapadl", "--data", str(trees["cs"]), "--out", str(env["root"] / "o4"))
+    assert code == 2 and "fan_b_tapadl is a classification model" in err and not (env["root"] / "o4").exists()
 
 
 def test_user_error_from_a_loader_worker_is_one_line() -> None:
