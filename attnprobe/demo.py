@@ -23,7 +23,6 @@ A rerun reuses everything already stored (the store is resumable); ``fresh=True`
 from __future__ import annotations
 
 import html
-import json
 import math
 import shutil
 import time
@@ -39,6 +38,8 @@ from torch.utils.data import Dataset
 from attnprobe.data.images import ImageRecord, ImageSet
 from attnprobe.data.synthetic import SyntheticShapes, render_image
 from attnprobe.errors import UserError
+from attnprobe.jsonsafe import dumps
+from attnprobe.outdir import check_output_folder
 
 __all__ = ["DEMO_MODELS", "DemoConfig", "DemoResult", "QUICK_CORRUPTIONS", "SWEEP_MODELS", "SyntheticRecord",
            "run_demo", "synthetic_image_set"]
@@ -57,12 +58,21 @@ SEVERITIES = (1, 2, 3, 4, 5)
 Progress = Callable[[str, int, int], None]
 
 
+def default_demo_out() -> Path:
+    """Where `attnprobe demo` writes unless told: `reports/demo` of the attnprobe checkout (the committed demo report,
+    whichever folder the command runs from), or `./attnprobe-demo` when attnprobe is installed without a checkout."""
+    root = Path(__file__).resolve().parents[1]
+    if (root / "pyproject.toml").is_file() and (root / "reports").is_dir():
+        return root / "reports" / "demo"
+    return Path.cwd() / "attnprobe-demo"
+
+
 @dataclass
 class DemoConfig:
     """What the demo runs.
 
     Attributes:
-        out: report folder (the results store goes to ``out/results``).
+        out: report folder (the results store goes to ``out/results``); None: `default_demo_out()`.
         quick: reduced mode for tests and smoke checks (few images, three corruptions).
         models: zoo names of the demo models; the first is the baseline.
         diag_images: synthetic val images for stability, overfocusing and head similarity.
@@ -79,7 +89,7 @@ class DemoConfig:
         sweep: also run the bundled K-sweep models (`SWEEP_MODELS`, for Fig. 7); never in quick mode.
     """
 
-    out: str = "reports/demo"
+    out: str | None = None
     quick: bool = False
     models: Sequence[str] = DEMO_MODELS
     diag_images: int | None = None
@@ -100,7 +110,7 @@ class DemoConfig:
 
         quick = self.quick
         return DemoConfig(
-            out=self.out, quick=quick, models=tuple(self.models),
+            out=str(self.out or default_demo_out()), quick=quick, models=tuple(self.models),
             diag_images=self.diag_images or (6 if quick else 64),
             bench_images=self.bench_images or (10 if quick else 300),
             clean_images=self.clean_images or (50 if quick else 1000),
@@ -233,7 +243,7 @@ def run_demo(cfg: DemoConfig, progress: Progress | None = None) -> DemoResult:
     """Run the demo (see the module docstring) and build its report.
 
     Args:
-        cfg: what to run (`DemoConfig`; defaults: the full demo into ``reports/demo``).
+        cfg: what to run (`DemoConfig`; defaults: the full demo into `default_demo_out()`).
         progress: ``progress(stage, done, total)`` while it runs.
 
     Returns:
@@ -252,7 +262,7 @@ def run_demo(cfg: DemoConfig, progress: Progress | None = None) -> DemoResult:
         torch.set_num_threads(cfg.threads)
     t_start = time.monotonic()
     timings: dict[str, float] = {}
-    out = Path(cfg.out).expanduser()
+    out = check_output_folder(cfg.out)
     store_dir = out / "results"
     if cfg.fresh and store_dir.exists():
         shutil.rmtree(store_dir)
@@ -442,7 +452,7 @@ def _verdicts(summary: dict[str, Any]) -> list[str]:
 
 
 def _write_summary(out: Path, summary: dict[str, Any], cfg: DemoConfig) -> None:
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
+    (out / "summary.json").write_text(dumps(summary, default=str, indent=2) + "\n", encoding="utf-8")
     rows = summary["models"]
     lines = ["# attnprobe demo: key numbers", "",
              "Tiny ViTs (64 px, 8x8 tokens) trained by `attnprobe train` on the synthetic textured-shapes set; "

@@ -45,6 +45,8 @@ from torch import nn
 
 from attnprobe import distributed as D
 from attnprobe.errors import UserError
+from attnprobe.jsonsafe import dumps
+from attnprobe.outdir import check_output_folder
 
 __all__ = [
     "TrainConfig",
@@ -54,6 +56,7 @@ __all__ = [
     "evaluate_split",
     "install_model",
     "load_images",
+    "stored_config",
     "train",
     "write_card",
 ]
@@ -564,15 +567,12 @@ def install_model(run_dir: str | Path, models_dir: str | Path, subdir: str = "de
     save_file(state, str(dest), metadata={"name": name})
     os.chmod(dest, 0o644)
     card["checkpoint"] = {"file": f"{subdir}/{name}.safetensors", "sha256": file_sha256(dest)}
-    ckpt = run_dir / CHECKPOINT
-    if ckpt.is_file():  # the canonical command, whatever command line or script started the run
-        config = torch.load(ckpt, map_location="cpu", weights_only=False)["config"]
-        known = {f.name for f in dataclasses.fields(TrainConfig)}
-        run_cfg = TrainConfig(**{k: v for k, v in config.items() if k in known})
+    if (run_dir / CHECKPOINT).is_file():  # the canonical command, whatever command line or script started the run
+        run_cfg = stored_config(run_dir)
         card.setdefault("training", {})["command"] = run_cfg.to_command()
         card["title"] = card["label"] = _title(run_cfg, name)
         card["training"].setdefault("world_size", 1)
-        card["training"].setdefault("threads", config.get("threads") or 0)
+        card["training"].setdefault("threads", run_cfg.threads or 0)
     card.setdefault("label", card.get("title", name))
     card.setdefault("method", _method(card))
     out = models_dir / f"{name}.toml"
@@ -605,6 +605,10 @@ def _check_config(cfg: TrainConfig) -> None:
         raise UserError(f"--tap K must be >= 0 (0 or 1: no TAP), got {cfg.tap}")
     if cfg.adl_variant not in ("official", "paper"):
         raise UserError(f"unknown ADL variant {cfg.adl_variant!r}; choose one of: official, paper")
+    if cfg.init and not Path(cfg.init).expanduser().is_file():
+        raise UserError(f"--init {cfg.init}: no such file; pass the checkpoint to fine-tune from")
+    if cfg.save_every < 0:
+        raise UserError(f"--save-every must be >= 0 (0: only at the end of each epoch), got {cfg.save_every}")
     if cfg.img_size % 8:
         raise UserError(f"--img-size must be a multiple of 8, got {cfg.img_size}")
 
@@ -615,8 +619,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: Callable[[dict[str, 
 
     Args:
         cfg: the run's configuration.
-        resume: continue the run in ``cfg.out`` from its checkpoint (a finished run is returned as is). Without it,
-            a folder that already holds a run is refused, so no run is ever overwritten.
+        resume: continue the run in ``cfg.out`` from its checkpoint (a finished run is returned as is); a folder
+            without a checkpoint is refused. Without it, a folder that already holds a run is refused, so no run is
+            ever overwritten. `stored_config` reads the settings of a run to resume.
         progress: called with a dict after every optimizer step (``kind="step"``) and epoch (``kind="epoch"``).
         stop_after_steps: stop (after checkpointing) once this many optimizer steps of the run are done, as if
             interrupted; for tests and time-boxed jobs.
@@ -625,6 +630,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: Callable[[dict[str, 
         The run's result; ``finished`` is False when it stopped early.
     """
     _check_config(cfg)
+    check_output_folder(cfg.out)
     ctx = D.init_from_env(device=cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -647,10 +653,12 @@ def _saved_state(cfg: TrainConfig, out: Path, resume: bool) -> dict[str, Any] | 
     """The checkpoint of the run in ``out`` when resuming it (its settings must match ``cfg``), else None."""
     ckpt_path = out / CHECKPOINT
     if not ckpt_path.exists():
+        if resume:
+            raise UserError(_nothing_to_resume(out))
         return None
     if not resume:
         raise UserError(f"{out} already holds a training run; pass --resume to continue it, or choose another --out")
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    state = _read_checkpoint(ckpt_path)
     old = state["config"]
     diff = {k: (old.get(k), v) for k, v in cfg.identity().items() if old.get(k) != v}
     if diff:
@@ -658,6 +666,40 @@ def _saved_state(cfg: TrainConfig, out: Path, resume: bool) -> dict[str, Any] | 
         raise UserError(f"--resume with different settings than the run in {out} ({first}); use the original "
                         "options or another --out")
     return state
+
+
+def _nothing_to_resume(out: Path) -> str:
+    what = ("does not exist" if not out.exists() else "is a file, not a run folder" if not out.is_dir()
+            else f"holds no {CHECKPOINT}")
+    return (f"nothing to resume: {out} {what}; check --out, or start the run without --resume")
+
+
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    """A training checkpoint written by `_Trainer.save` (a one-line error for anything else)."""
+    try:
+        # NOTE: mmap: reading the config of a large run does not load its weights and optimizer state
+        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign file fails in many ways inside torch
+        raise UserError(f"cannot read {path} ({type(e).__name__}); it is not a complete checkpoint of "
+                        f"`attnprobe train`; restore it or start a new run in another --out") from None
+    if not isinstance(state, dict) or not isinstance(state.get("config"), dict) or "model" not in state:
+        raise UserError(f"{path} is not a checkpoint of `attnprobe train`; choose another --out")
+    return state
+
+
+def stored_config(out: str | Path) -> TrainConfig:
+    """The configuration of the run in ``out``, read from its checkpoint (what ``train --resume`` reuses).
+
+    Raises:
+        UserError: ``out`` holds no run, or an unreadable checkpoint.
+    """
+    out = Path(out).expanduser()
+    path = out / CHECKPOINT
+    if not path.is_file():
+        raise UserError(_nothing_to_resume(out))
+    saved = _read_checkpoint(path)["config"]
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in saved.items() if k in known})
 
 
 class _Trainer:
@@ -806,7 +848,7 @@ class _Trainer:
         self.save()
         if self.ctx.is_main:
             with open(self.out / LOG, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(dumps(record) + "\n")  # strict JSON: no NaN (train_adl without ADL is null)
         if self.progress is not None and self.ctx.is_main:
             self.progress({"kind": "epoch", **record})
 

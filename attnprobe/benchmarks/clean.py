@@ -29,7 +29,7 @@ def clean_cell(loaded: Any, val_dir: str | Path, limit: int | None = None,
     ds = ImageFolderDataset(val_dir, CleanInput(loaded.preprocessing), samples=samples, limit=limit,
                             kind="imagenet_val")
     return CellSpec(cell_key(loaded, "clean", ds.fingerprint, "clean", 0), ds,
-                    {"source": "clean", "root": str(Path(val_dir).expanduser().resolve())})
+                    {"source": "clean", "root": str(Path(val_dir).expanduser().resolve()), "limit": limit})
 
 
 def evaluate_clean(loaded: Any, val_dir: str | Path, store: ResultsStore | None, *, limit: int | None = None,

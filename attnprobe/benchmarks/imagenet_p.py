@@ -163,8 +163,11 @@ def evaluate_imagenet_p(lm: Any, sources: Sequence[ReleasedVideos | RegeneratedV
             # NOTE: the protocol feeds the 224x224 frames as they are; a model built for another size may refuse
             hook.warn(f"{src.perturbation}: frames are {ds.frame_size[0]}x{ds.frame_size[1]} but {lm.name} expects "
                       f"{lm.preprocessing.input_size}x{lm.preprocessing.input_size}; frames are not resized")
-        info = {"regenerated": src.regenerated, "frames": src.expected_frames, "frame_batch": batch_size,
-                "folder": src.folder.name}
+        # NOTE: source, root and limit let the report keep released, regenerated and --limit cells apart
+        root = src.clean if src.regenerated else src.root  # type: ignore[union-attr]
+        info = {"regenerated": src.regenerated, "source": "regenerated" if src.regenerated else "released",
+                "root": str(Path(root).resolve()), "limit": src.limit, "frames": src.expected_frames,
+                "frame_batch": batch_size, "folder": src.folder.name}
         if src.regenerated:
             info["note"] = REGENERATED_NOTE
             if src.perturbation in APPROXIMATIONS:

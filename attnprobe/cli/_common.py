@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import math
 import re
 import sys
@@ -87,24 +86,11 @@ def pct(x: float | None, digits: int = 2) -> str:
 
 
 def print_json(payload: Any) -> None:
-    """Write `payload` as JSON to stdout and nothing else."""
-    sys.stdout.write(json.dumps(payload, indent=2, default=_json_default) + "\n")
+    """Write `payload` as strict JSON to stdout and nothing else (NaN and infinities become null)."""
+    from attnprobe.jsonsafe import dumps
+
+    sys.stdout.write(dumps(payload, indent=2) + "\n")
     sys.stdout.flush()
-
-
-def _json_default(obj: Any) -> Any:
-    try:
-        import torch
-
-        if isinstance(obj, torch.Tensor):
-            return obj.tolist()
-    except ImportError:  # pragma: no cover
-        pass
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if hasattr(obj, "__fspath__"):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
 def show_progress(quiet: bool, json_out: bool = False) -> bool:

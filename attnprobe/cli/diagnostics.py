@@ -21,8 +21,6 @@ from rich.table import Table
 
 from attnprobe.cli import _options as O
 from attnprobe.cli._common import command, console, err_console, print_json, show_progress
-from attnprobe.errors import UserError
-
 
 _DATA = typer.Option(None, "--data", help="Folder of images (searched recursively); default: bundled sample photos.")
 _IMAGES = typer.Option(None, "--image", "-i", help="Image file (repeatable); default: bundled sample photos.")
@@ -39,18 +37,12 @@ def _fmt(x: Any, digits: int = 3) -> str:
 def load_entries(models: list[str], ckpts: Optional[list[str]], device: Optional[str], quiet: bool = False,
                  num_classes: Optional[int] = None) -> list:
     """Load every `--model` with its `--ckpt` (same order) onto `device` as `ModelEntry`s."""
-    import torch
-
     from attnprobe.cli._loading import load_cli_model, pair_models
     from attnprobe.diagnostics import ModelEntry
+    from attnprobe.distributed import resolve_device
 
     pairs = pair_models(models, ckpts)
-    try:
-        dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    except RuntimeError:
-        raise UserError(f"unknown --device {device!r}; use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    dev = resolve_device(device)
 
     def warn(message: str) -> None:
         if not quiet:

@@ -79,7 +79,10 @@ def mfr_cli(
     from attnprobe.data.imagenet_p_generate import APPROXIMATIONS
     from attnprobe.benchmarks.imagenet_p import evaluate_imagenet_p, imagenet_p_sources, summarize_imagenet_p
 
+    from attnprobe.distributed import resolve_device
+
     pairs = pair_models(model, ckpt, outputs=1000, what="ImageNet-P")
+    resolve_device(device)  # a bad --device fails before the notes below are printed
     if clean is not None and not on_the_fly:
         raise UserError("--clean needs --on-the-fly (regenerate sequences from clean images); or pass --data with "
                         "the released ImageNet-P videos")

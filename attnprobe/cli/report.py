@@ -87,6 +87,9 @@ def report_cli(
     corruption: Optional[str] = _CORRUPTION,
     severity: Optional[int] = _SEVERITY,
     layer: int = _LAYER,
+    source: Optional[str] = typer.Option(None, "--source", help="Data source Table 2 shows where the store holds "
+                                         "several: released, or regenerated (= on-the-fly); default: the full set "
+                                         "first, then released data. Every source is listed apart either way."),
     n_bootstrap: int = _BOOT,
     seed: int = _SEED,
     json_out: bool = _JSON,
@@ -97,7 +100,7 @@ def report_cli(
     out_dir = out if out is not None else Path(results_dir) / "report"
     res = build_report(find_store(results_dir), out_dir, baseline=baseline, ce_reference=ce_reference,
                        formats=_formats(fmt), n_resamples=n_bootstrap, seed=seed, condition=corruption,
-                       severity=severity, layer=layer, models=model)
+                       severity=severity, layer=layer, models=model, source=source)
     if json_out:
         print_json(res.as_dict())
         return
@@ -120,10 +123,11 @@ def _compute_missing(plot: str, results_dir: Path, models: list[str], ckpts: Opt
     missing = missing_for_plot(results_dir, plot, models or None, corruption, severity)
     if not missing:
         return []
+    corr_asked = corruption or "gaussian_noise"
     what = {"heads": "attention maps", "maps": "attention maps of clean and corrupted images",
-            "stability": "attention-stability values"}[plot]
-    first = {"heads": "attnprobe heads --keep-maps 2", "maps": "attnprobe attention --corruption gaussian_noise",
-             "stability": "attnprobe stability --corruption gaussian_noise"}[plot]
+            "stability": "attention-stability values"}[plot] + (f" for {corruption}" if corruption else "")
+    first = {"heads": "attnprobe heads --keep-maps 2", "maps": f"attnprobe attention --corruption {corr_asked}",
+             "stability": f"attnprobe stability --corruption {corr_asked}"}[plot]
     if not models:
         raise UserError(f"the store at {results_dir} has no {what}; pass --model NAME --ckpt FILE to compute them, "
                         f"or run `{first} --model NAME --ckpt FILE --out {results_dir}` first")
