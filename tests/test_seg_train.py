@@ -120,3 +120,28 @@ def test_segmentation_resume_continues_the_same_run(tmp_path: Path, sharp_init: 
     a, b = load_file(full.weights), load_file(resumed.weights)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert resumed.val_miou == full.val_miou
+
+
+def test_init_from_an_imagenet_classifier_fills_the_backbone(tmp_path: Path) -> None:
+    from attnprobe import zoo
+    from attnprobe.segmentation.training import _load_init
+
+    cls_kwargs = {k: v for k, v in TINY.items() if k not in ("decoder_embed_dim", "head_channels")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cls = zoo.load_model("tap_fan_base_16_p4_hybrid", pretrained=False, num_scales=4, **cls_kwargs).model
+        seg = zoo.load_model(SEG_ARCH, pretrained=False, num_scales=4, **TINY).model
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in cls.parameters():
+            p.normal_()
+    torch.save(cls.state_dict(), tmp_path / "cls.pth")
+    head_before = {k: v.clone() for k, v in seg.state_dict().items() if k.startswith("decode_head.")}
+    _load_init(seg, str(tmp_path / "cls.pth"))
+    own = seg.state_dict()
+    shared = [k for k in cls.state_dict() if f"backbone.{k}" in own]
+    assert len(shared) > 20 and all(torch.equal(own[f"backbone.{k}"], cls.state_dict()[k]) for k in shared)
+    assert all(torch.equal(own[k], v) for k, v in head_before.items())  # the head starts fresh
+    torch.save({"foo": torch.zeros(3)}, tmp_path / "other.pth")
+    with pytest.raises(UserError, match="no weight"):
+        _load_init(seg, str(tmp_path / "other.pth"))

@@ -103,6 +103,21 @@ def _random_crops(x: torch.Tensor, y: torch.Tensor, size: int, gen: torch.Genera
     return torch.stack(xs), torch.stack(ys)
 
 
+def _load_init(model: nn.Module, path: str) -> None:
+    """Start from a segmentation checkpoint, or from an ImageNet classifier's weights for the backbone (the official
+    recipe: `pretrained` backbone, new head); only entries that fit are taken (new TAP modules start fresh)."""
+    from attnprobe import checkpoints
+
+    state = checkpoints.read_state_dict(path)
+    own = model.state_dict()
+    if not any(k.startswith("backbone.") for k in state):  # NOTE: a classifier: its keys are the backbone's
+        state = {f"backbone.{k}": v for k, v in state.items()}
+    fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not fitting:
+        raise UserError(f"no weight of {path} fits this segmentation model; pass a checkpoint of the same backbone")
+    model.load_state_dict(fitting, strict=False)
+
+
 class SegmentationTask:
     """What `attnprobe.train` needs from a segmentation run (see the module docstring).
 
@@ -146,7 +161,12 @@ class SegmentationTask:
         if not is_segmentation_arch(self.cfg.arch):
             raise UserError(f"{self.cfg.arch!r} is not a segmentation architecture; use one of "
                             f"{', '.join(SEGMENTORS)}, or --task classification")
-        return _build_model(self.cfg, len(self.classes), self.model_kwargs())
+        from dataclasses import replace
+
+        model = _build_model(replace(self.cfg, init=None), len(self.classes), self.model_kwargs())
+        if self.cfg.init:
+            _load_init(model, self.cfg.init)
+        return model
 
     def preprocessing(self, model: nn.Module) -> dict[str, Any]:
         """The classification-style summary of the card (fractions); the protocol is in `card_fields`."""
