@@ -708,9 +708,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: Callable[[dict[str, 
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out).expanduser()
     state = _saved_state(cfg, out, resume)
+    trainer = _Trainer(cfg, ctx, out, progress, stop_after_steps)  # reads data and --init: bad input fails here
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
-    trainer = _Trainer(cfg, ctx, out, progress, stop_after_steps)
     if state is not None:
         trainer.restore(state)
     with trainer.recording():

@@ -102,6 +102,22 @@ def no_cuda_gpu() -> str | None:
     return "this machine has a CUDA GPU" if torch.cuda.is_available() else None
 
 
+def zero_byte_checkpoint(tmp: Path) -> dict[str, Path]:
+    """A checkpoint file of 0 bytes (an interrupted download; it is the user's and must stay as it is)."""
+    path = tmp / "model.pth"
+    path.write_bytes(b"")
+    return {"zero": path}
+
+
+def ten_class_checkpoint(tmp: Path) -> dict[str, Path]:
+    """A `test_vit` fine-tuned to 10 classes (its classifier says so), and a validation folder."""
+    import timm
+
+    path = tmp / "ten.pth"
+    torch.save(timm.create_model("test_vit", num_classes=10).state_dict(), path)
+    return {"ten": path, **val_folder(tmp), **imagenet_a_folder(tmp)}
+
+
 # -- the rows ------------------------------------------------------------------------------------------------------
 
 MODEL = ("--model", "vit_tiny_patch16_224", "--ckpt", "-")
@@ -179,11 +195,26 @@ CASES: list[Case] = [
          foreign=("file",)),
     Case("plot-stability-corruption-not-stored", ("plot-stability", "{store}", "--out", "{tmp}/fig",
                                                   "--corruption", "snow"), ("for snow", "--corruption snow")),
-    # -- cases the lead adds after merging the `store` and `pkg` branches --------------------------------------
-    # store files: --out that is a file, a read-only --out, a truncated or garbled results.sqlite, a foreign
-    #   SQLite file as the store (check `foreign=` for it: nothing may be added to it);
-    # checkpoints: a 0-byte checkpoint, --ckpt <directory>, info --ckpt -;
-    # output space: a 10-class model on an ImageNet-C tree, a model without the 200 ImageNet-A/-R classes.
+    # checkpoints: empty files, folders without weights, for every command that reads one
+    Case("stability-ckpt-zero-bytes", ("stability", "--model", "test_vit", "--ckpt", "{zero}", "--out", "{tmp}/o"),
+         ("empty", "0 bytes"), zero_byte_checkpoint, foreign=("zero",)),
+    Case("info-ckpt-zero-bytes", ("info", "test_vit", "--ckpt", "{zero}"), ("empty", "0 bytes"),
+         zero_byte_checkpoint, foreign=("zero",)),
+    Case("train-init-zero-bytes", ("train", *TINY, "--init", "{zero}", "--out", "{tmp}/r"), ("empty", "0 bytes"),
+         zero_byte_checkpoint, foreign=("zero",)),
+    Case("heads-ckpt-folder-without-weights", ("heads", "--model", "test_vit", "--ckpt", "{empty}", "--out",
+                                                "{tmp}/o"), ("folder without a weights file",), empty_folder),
+    # output space: a model fine-tuned to 10 classes on benchmarks that score ImageNet-1k logits
+    Case("mce-ten-class-model", ("mce", "--model", "test_vit", "--ckpt", "{ten}", "--clean", "{val}", "--on-the-fly",
+                                 "-c", "fog", "-s", "1", "--out", "{tmp}/o"), ("10 output classes", "1000"),
+         ten_class_checkpoint, foreign=("ten",)),
+    Case("clean-ten-class-model", ("clean", "--model", "test_vit", "--ckpt", "{ten}", "--data", "{val}", "--out",
+                                   "{tmp}/o"), ("10 output classes",), ten_class_checkpoint, foreign=("ten",)),
+    Case("ood-ten-class-model", ("ood", "--model", "test_vit", "--ckpt", "{ten}", "--set", "a", "--data", "{a}",
+                                 "--out", "{tmp}/o"), ("10 output classes", "ImageNet-A"), ten_class_checkpoint,
+         foreign=("ten",)),
+    # -- store files (the `store` branch): --out that is a file, a read-only --out, a truncated or garbled
+    #    results.sqlite, a foreign SQLite file as the store (`foreign=`: nothing may be added to it)
 ]
 
 

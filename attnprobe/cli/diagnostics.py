@@ -87,6 +87,8 @@ def _store(out: Path) -> Any:
 
 
 def _footer(res: Any) -> None:
+    for note in sorted({f"{r['model']}: {n}" for r in res.results for n in r.get("notes", [])}):
+        console.print(f"note: {note}", style="dim", soft_wrap=True)
     if res.out:
         console.print(f"results store: {Path(res.out) / 'results.sqlite'}")
     if res.artifacts:
@@ -106,11 +108,11 @@ def _model_columns_table(title: str, group: list[dict[str, Any]], field: str, su
     table.add_column("layer", justify="right")
     for r in group:
         table.add_column(r["model"], justify="right")
-    n_layers = max((len(r["layers"]) for r in group), default=0)
-    for i in range(n_layers):
+    by_layer = [{lay["layer"]: lay for lay in r["layers"]} for r in group]  # NOTE: a layer may lack a measure
+    for i in sorted({layer for rows in by_layer for layer in rows}):
         cells = []
-        for r in group:
-            lay = r["layers"][i] if i < len(r["layers"]) else None
+        for rows in by_layer:
+            lay = rows.get(i)
             cells.append("" if lay is None else _fmt(lay[field]) + (f" ± {_fmt(lay['std_cosine'])}"
                                                                     if field == "mean_cosine" else ""))
         table.add_row(str(i), *cells)

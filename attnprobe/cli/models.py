@@ -70,7 +70,8 @@ def attention_layers(model: Any) -> list[dict[str, Any]]:
     """The attention modules of a model as the capture sees them (name, kind, heads)."""
     from attnprobe.capture import find_attention_layers
 
-    return [{"name": layer.name, "kind": layer.kind, "heads": layer.num_heads} for layer in find_attention_layers(model)]
+    return [{"name": layer.name, "kind": layer.kind, "heads": layer.num_heads}
+            for layer in find_attention_layers(model)]
 
 
 @command("info")

@@ -26,8 +26,8 @@ _FORMAT = typer.Option("png,pdf", "--format", "-f", help="Figure formats, comma-
 _JSON = typer.Option(False, "--json", help="Print what was written as JSON on stdout.")
 _MODELS = typer.Option(None, "--model", "-m", help="Runs to draw (repeat); with --ckpt, also computes what the "
                                                    "store lacks for them.")
-_CKPTS = typer.Option(None, "--ckpt", help="Checkpoint of each --model, in order ('-' for random weights), used only when "
-                                           "values must be computed.")
+_CKPTS = typer.Option(None, "--ckpt", help="Checkpoint of each --model, in order ('-' for random weights), used only "
+                                           "when values must be computed.")
 _DATA = typer.Option(None, "--data", help="Image folder for computing missing values (default: bundled photos).")
 _N = typer.Option(None, "--n", min=1, help="Images to compute missing values on.")
 _DEVICE = typer.Option(None, "--device", help="cpu, cuda or cuda:N, for computing missing values.")

@@ -8,11 +8,14 @@ from attnprobe.metrics._checks import as_maps, cosine
 
 
 def attention_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Cosine similarity between the flattened N x N maps of the same image and head in two runs.
+    """Cosine similarity between the flattened N_q x N_k maps of the same image and head in two runs.
+
+    Defined for any N_q, N_k (spatial-reduction, pooling, class attention) as long as both runs have the same shape,
+    which they do for the same model and input size: the same queries and keys are compared entry by entry.
 
     Args:
-        a: (B, H, N, N) attention of the first run (e.g. clean images).
-        b: (B, H, N, N) attention of the second run (e.g. the same images corrupted).
+        a: (B, H, N_q, N_k) attention of the first run (e.g. clean images).
+        b: (B, H, N_q, N_k) attention of the second run (e.g. the same images corrupted).
 
     Returns:
         (B, H); 1 for identical maps, 0 for maps with disjoint support.
