@@ -150,6 +150,7 @@ def load_report_data(store: ResultsStore, baseline: str | None = None,
         diags = {m: d[d["key"].isin(keys)] for m, d in diags.items()}
         maps = [m for m in maps if m.key in keys]
     cards = {r.key: (r.card or {}) for r in runs.itertuples(index=False)}
+    maps = [m for m in maps if cards.get(m.key, {}).get("task") != "segmentation"]  # NOTE: supp. Fig. IV draws them
     shas: dict[str, str] = {r.key: r.checkpoint_sha256 for r in runs.itertuples(index=False)}
     for df in (cells, *diags.values()):
         if not df.empty:

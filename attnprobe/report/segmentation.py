@@ -330,8 +330,6 @@ def segmentation_section(store: ResultsStore, fig_dir: Path, tab_dir: Path, form
 
     runs, notes = load_segmentation(store, keys)
     section = SegSection(notes=notes)
-    if not runs and not store.artifacts(kind="seg_prediction"):
-        return section
     if cards is None:
         from attnprobe.report.loaders import models_frame
 
@@ -359,4 +357,42 @@ def segmentation_section(store: ResultsStore, fig_dir: Path, tab_dir: Path, form
             path = tab_dir / "segmentation_cells.csv"
             csv.to_csv(path, index=False, float_format="%.4f")
     section.figures += SF.mask_figures(store, fig_dir, formats, styles, keys, base, cards)
+    section.figures += attention_figure(store, fig_dir, formats, styles, keys, cards)
     return section
+
+
+def attention_figure(store: ResultsStore, fig_dir: Path, formats: Sequence[str], styles: ModelStyles,
+                     keys: Sequence[str] | None, cards: Mapping[str, Mapping[str, Any]]) -> list[FigureEntry]:
+    """Supplementary Fig. IV: last-layer attention of the segmentation models, clean and corrupted, from the map
+    files `attnprobe attention --model <segmentation model> --corruption ...` saved (one image every model has)."""
+    from collections import Counter
+
+    import matplotlib.pyplot as plt
+
+    from attnprobe.report import figures as F
+    from attnprobe.report.loaders import attention_map_refs, load_attention_pair
+    from attnprobe.report.style import save_figure
+
+    seg = {k for k, c in cards.items() if c.get("task") == "segmentation" and (keys is None or k in keys)}
+    refs = [r for r in attention_map_refs(store) if r.key in seg and r.corrupted_path and r.clean_path]
+    if not refs:
+        return []
+    conds = Counter((r.condition, r.severity) for r in refs)
+    cond = max(conds, key=lambda c: (conds[c], c[0] == "gaussian_noise", -c[1]))
+    refs = [r for r in refs if (r.condition, r.severity) == cond]
+    per_image = Counter(r.image for r in refs)
+    image = max(per_image, key=lambda i: (per_image[i], -sorted(per_image).index(i)))
+    maps = [m for r in refs if r.image == image and (m := load_attention_pair(r)) is not None]
+    if not maps:
+        return []
+    fig = F.fig1_attention_maps(maps, styles)
+    files = save_figure(fig, fig_dir / "figIV_segmentation_attention", formats)
+    plt.close(fig)
+    pool = int(maps[0].meta.get("token_pool") or 1)
+    pooled = (f" Maps of {pool * pool}-token blocks ({pool} x {pool} tokens; queries averaged, keys summed)."
+              if pool > 1 else "")
+    caption = (f"Last-layer token attention (heads averaged) of the segmentation models on one window of their "
+               f"slide inference, clean and with {F.pretty_condition(*cond)}; image {image}.{pooled} "
+               f"Saved by `attnprobe attention` (or a diagnostics command with --keep-maps).")
+    return [FigureEntry("figIV_segmentation_attention", "Supplementary Fig. IV: segmentation attention, clean vs "
+                        "corrupted", caption, files)]
