@@ -145,3 +145,44 @@ def test_init_from_an_imagenet_classifier_fills_the_backbone(tmp_path: Path) -> 
     torch.save({"foo": torch.zeros(3)}, tmp_path / "other.pth")
     with pytest.raises(UserError, match="no weight"):
         _load_init(seg, str(tmp_path / "other.pth"))
+
+
+def test_bundled_segmentation_models_are_small_and_record_their_training() -> None:
+    import sys
+
+    from attnprobe.segmentation.demo import SEG_DEMO_MODELS, segmentation_demo_available
+
+    tomllib = pytest.importorskip("tomllib" if sys.version_info >= (3, 11) else "tomli")
+    models = Path(__file__).resolve().parents[1] / "models"
+    assert segmentation_demo_available()
+    for name in SEG_DEMO_MODELS:
+        with open(models / f"{name}.toml", "rb") as f:
+            card = tomllib.load(f)
+        assert (models / card["checkpoint"]["file"]).stat().st_size <= 2 * 1024 * 1024
+        assert card["task"] == "segmentation" and card["segmentation"]["crop_size"] == [64, 64]
+        cmd = card["training"]["command"]
+        assert cmd.startswith("attnprobe train --arch segformer_") and "--seed 0" in cmd
+        assert card["results"]["val_miou"] > 0.5  # they learned the synthetic scenes
+    with open(models / "demo_seg_tapadl.toml", "rb") as f:
+        tapadl = tomllib.load(f)
+    with open(models / "demo_seg_baseline.toml", "rb") as f:
+        base = tomllib.load(f)
+    assert "--adl-weight 1.0" in tapadl["training"]["command"] and tapadl["method"] == "tapadl"
+    assert tapadl["results"]["val_adl"] < base["results"]["val_adl"]  # ADL lowers the overfocusing term
+
+
+@pytest.mark.slow
+def test_segmentation_demo_quick_fills_table4_and_fig6(tmp_path: Path) -> None:
+    from attnprobe.report import build_report
+    from attnprobe.segmentation.demo import run_segmentation_demo
+    from attnprobe.store import ResultsStore
+
+    with ResultsStore(tmp_path / "results") as store:
+        rows = run_segmentation_demo(store, tmp_path / "results", quick=True)
+        again = run_segmentation_demo(store, tmp_path / "results", quick=True)  # resumes: every cell cached
+    assert rows == again and set(rows) == {"demo_seg_baseline", "demo_seg_tapadl"}
+    assert all(r["cityscapes"] > 0.3 and r["acdc"] is not None for r in rows.values())
+    res = build_report(tmp_path / "results", tmp_path / "report", formats=("png",))
+    assert {"table4_segmentation", "tableIV_cityscapes_c", "tableV_acdc"} <= {t.name for t in res.tables}
+    assert {"fig6_segmentation", "figV_acdc_masks", "figVI_cityscapes_c_masks",
+            "figIV_segmentation_attention"} <= {f.name for f in res.figures}

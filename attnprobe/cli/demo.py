@@ -188,6 +188,8 @@ def demo_cli(
                                               "diagnostics (default 64; quick 6)."),
     workers: int = typer.Option(2, "--workers", min=0, help="Processes that corrupt images (0: none)."),
     threads: int = typer.Option(1, "--threads", min=1, help="torch CPU threads (1 is fastest for the tiny models)."),
+    segmentation: bool = typer.Option(True, "--segmentation/--no-segmentation", help="Also evaluate the bundled "
+                                      "tiny segmentation models (Table 4, Fig. 6)."),
     fresh: bool = typer.Option(False, "--fresh", help="Delete the previous results store in <out>/results first."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout (nothing else there)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
@@ -207,7 +209,7 @@ def demo_cli(
 
     cfg = DemoConfig(out=str(out) if out is not None else None, quick=quick, bench_images=bench_images,
                      diag_images=diag_images, workers=workers,
-                     threads=threads, fresh=fresh)
+                     threads=threads, fresh=fresh, segmentation=segmentation)
     res = run_demo(cfg, progress=progress)
     if json_out:
         print_json(asdict(res))
