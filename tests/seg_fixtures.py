@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 #: Constructor overrides that shrink the zoo's FAN-B segmentation models to a few thousand parameters.
-TINY_FAN = dict(embed_dim=32, depth=2, num_heads=4, backbone={"depths": [1, 1], "dims": [16, 32, 64, 128]},
-                decoder_embed_dim=32, head_channels=16)
+TINY_FAN = {"embed_dim": 32, "depth": 2, "num_heads": 4, "backbone": {"depths": [1, 1], "dims": [16, 32, 64, 128]},
+            "decoder_embed_dim": 32, "head_channels": 16}
 
 
 class TinySeg(nn.Module):

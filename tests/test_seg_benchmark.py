@@ -14,8 +14,11 @@ from PIL import Image
 
 from attnprobe.benchmarks.seg_outputs import read_seg_prediction
 from attnprobe.benchmarks.seg_protocol import SegProtocol
-from attnprobe.benchmarks.segmentation import (check_segmentation_inputs, evaluate_segmentation,
-                                               segmentation_cells_from_store)
+from attnprobe.benchmarks.segmentation import (
+    check_segmentation_inputs,
+    evaluate_segmentation,
+    segmentation_cells_from_store,
+)
 from attnprobe.data.cityscapes import CityscapesDataset, write_cityscapes_c_tree
 from attnprobe.data.synthetic_seg import DEMO_PIPELINE, write_acdc_tree, write_cityscapes_tree
 from attnprobe.errors import UserError

@@ -111,4 +111,4 @@ def test_difference_boxes_and_palette() -> None:
     assert y0 <= 10 and y1 >= 30 and x0 <= 20 and x1 >= 60 and (y1 - y0) < 40
     assert SF.difference_boxes(a, a) == []
     rgb = SF.colorize(np.array([[0, 13, 255]], np.uint8))
-    assert rgb[0, 0].tolist() == [128, 64, 128] and rgb[0, 1].tolist() == [0, 0, 142] and rgb[0, 2].tolist() == [0, 0, 0]
+    assert rgb[0].tolist() == [[128, 64, 128], [0, 0, 142], [0, 0, 0]]

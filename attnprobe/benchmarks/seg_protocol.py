@@ -13,7 +13,7 @@ made with other settings are never mixed.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -50,7 +50,7 @@ class SegProtocol:
         ignore_index: label value that is not scored.
     """
 
-    pipeline: SegTestPipeline = SegTestPipeline()
+    pipeline: SegTestPipeline = field(default_factory=SegTestPipeline)
     mode: str = "slide"
     crop: tuple[int, int] | None = OFFICIAL_CROP
     stride: tuple[int, int] | None = OFFICIAL_STRIDE

@@ -155,8 +155,8 @@ def seg_cli(
                                    help="Images per committed chunk; a resumed run must use the same value."),
 ) -> None:
     """Evaluate each segmentation model on every cell of a set with the official test pipeline and slide inference."""
-    from attnprobe.benchmarks.segmentation import check_segmentation_inputs, evaluate_segmentation
     from attnprobe.benchmarks.seg_protocol import check_segmentation_model
+    from attnprobe.benchmarks.segmentation import check_segmentation_inputs, evaluate_segmentation
 
     pairs = pair_models(model, ckpt)
     _refuse_classifiers(pairs)

@@ -15,11 +15,11 @@ Modules: `inputs` (models, conditions, model inputs), `reducer` (per-layer reduc
 resume, writing), `maps` (map files), `results` (statistics, result object), `drivers` (the four commands).
 
 Images are prepared as the model's evaluation transform does (resize, centre crop), corrupted *after* the crop (the
-ImageNet-C recipe), then normalised. A segmentation model (`model.task == "segmentation"`) sees one window of its
-slide inference (its card's crop, 1024 x 1024 for the official models: 4096 tokens), one image per forward pass. Models with the same input size therefore see pixel-identical corrupted images;
+ImageNet-C recipe), then normalised. Models with the same input size therefore see pixel-identical corrupted images;
 models with different input sizes get the same seeds (but necessarily different pixels). For a corrupted condition
 the clean and corrupted images of a batch go through the model in one forward pass ([clean; corrupted]) and each
-layer's map is split in two halves.
+layer's map is split in two halves. A segmentation model (`model.task == "segmentation"`) sees one window of its
+slide inference (its card's crop, 1024 x 1024 for the official models: 4096 tokens), one image per forward pass.
 
 Stored values (`ResultsStore.add_diagnostics`, one row per image, layer and head; `head = -1` when not per head):
 

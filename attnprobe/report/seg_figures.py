@@ -16,15 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib import patheffects
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch, Rectangle
 
 from attnprobe.report.html import FigureEntry
 from attnprobe.report.style import FULL_WIDTH, ModelStyles, method_kind, rc_params, save_figure
-
-import matplotlib.pyplot as plt  # noqa: E402  (style set the Agg backend)
-from matplotlib import patheffects  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.patches import Patch, Rectangle  # noqa: E402
 
 __all__ = ["ExampleRow", "KeptPrediction", "colorize", "difference_boxes", "fig_segmentation_examples",
            "kept_predictions", "mask_figures", "pair_examples"]

@@ -214,9 +214,10 @@ def table4_segmentation(runs: Mapping[str, SegRun], labels: Mapping[str, str], b
         if a and a["average"] is None:
             partial.append(f"{labels.get(key, key)}: ACDC partial ({', '.join(sorted(r.acdc))}), no average")
     cols = [("cityscapes", "Cityscapes ↑"), ("cityscapes_c", "Cityscapes-C ↑"), ("acdc", "ACDC ↑")]
-    notes = ["mIoU (%). Cityscapes: val. Cityscapes-C: mean of the 16 corruption scores (noise at severities 1-3, the "
-             "others 1-5; each cell rounded to 0.01 as the official script). ACDC: our rows are the val split (mean "
-             "of fog, night, rain, snow); the paper's ACDC column is the test-server mIoU, not directly comparable.",
+    notes = [("mIoU (%). Cityscapes: val. Cityscapes-C: mean of the 16 corruption scores (noise at severities 1-3, "
+              "the others 1-5; each cell rounded to 0.01 as the official script). ACDC: our rows are the val split "
+              "(mean of fog, night, rain, snow); the paper's ACDC column is the test-server mIoU, not directly "
+              "comparable."),
              *_source_notes(runs, SEG_TASKS, labels), *partial]
     return _rows_table("table4_segmentation", "Semantic segmentation mIoU: clean, Cityscapes-C, ACDC (Table 4 layout, "
                        "%).", cols, values, labels, baseline, paper, notes)
@@ -239,8 +240,9 @@ def table_iv_cityscapes_c(runs: Mapping[str, SegRun], labels: Mapping[str, str],
         values[key] = {"cityscapes": r.clean["miou"] if r.clean else math.nan,
                        "cityscapes_c": _nan(s.get("average")),
                        **{f"c:{c}": _nan(v) for c, v in s.get("corruptions", {}).items()}}
-    notes = ["mIoU (%) per corruption: mean over its severities (1-3 for the noises, 1-5 otherwise) of the per-cell "
-             "mIoU rounded to 0.01, as the official test_cityscapes_c.py; '–' = not all its severities evaluated.",
+    notes = [("mIoU (%) per corruption: mean over its severities (1-3 for the noises, 1-5 otherwise) of the "
+              "per-cell mIoU rounded to 0.01, as the official test_cityscapes_c.py; '–' = not all its severities "
+              "evaluated."),
              *_source_notes(with_c, ("cityscapes", "cityscapes_c"), labels)]
     grp = [("", 2)] + [(g.capitalize(), len(n)) for g, n in groups.items()]
     return _rows_table("tableIV_cityscapes_c", "Cityscapes-C mIoU per corruption (supplementary Table IV layout, %).",
