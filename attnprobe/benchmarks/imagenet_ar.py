@@ -70,10 +70,11 @@ def subset_samples(root: str | Path, set_name: str) -> tuple[list[tuple[str, int
 def evaluate_subset(lm: Any, set_name: str, root: str | Path, store: ResultsStore | None, *, batch_size: int = 128,
                     limit: int | None = None, workers: int | None = None, device: torch.device | str | None = None,
                     fresh: bool = False, strict: bool = False, progress: ProgressHook | None = None,
-                    autocast_dtype: torch.dtype | None = None) -> SubsetResult:
+                    **run_kw: Any) -> SubsetResult:
     """Top-1 accuracy of one model on ImageNet-A (`set_name="a"`) or ImageNet-R (`"r"`), 200-class logits.
 
-    Images get the model's standard evaluation transform (resize, centre crop, normalise).
+    Images get the model's standard evaluation transform (resize, centre crop, normalise). `run_kw` goes to
+    `run_cells` (precision, decode, channels_last, compile, ...).
     """
     from attnprobe.data.transforms import eval_transform
 
@@ -83,6 +84,6 @@ def evaluate_subset(lm: Any, set_name: str, root: str | Path, store: ResultsStor
     cell = CellSpec(cell_key(lm, task, ds.fingerprint, task), ds, {"classes": 200, "limit": limit})
     [res] = run_cells(lm.model, [cell], store, batch_size=batch_size, workers=workers, device=device,
                       scorer=restricted_top1_scorer(indices), fresh=fresh, strict=strict, progress=progress,
-                      autocast_dtype=autocast_dtype)
+                      **run_kw)
     return SubsetResult(set=task, n=res.n, correct=res.correct, skipped=res.skipped,
                         accuracy=res.top1_accuracy, cached=res.cached, dataset=res.key.dataset)

@@ -159,7 +159,9 @@ def evaluate_imagenet_c(loaded: Any, store: ResultsStore | None, *, data: str | 
         register_model(loaded, store)
     results = run_cells(loaded.model, specs + ([clean_spec] if clean_spec else []), store, **run_kw)
     clean_res = results[-1] if clean_spec else None
-    return ImageNetCReport(model=loaded.name, checkpoint_sha256=loaded.checkpoint_sha256, preprocessing=pre.key(),
+    # NOTE: the engine adds the precision (and nvJPEG decoding) to the key; report the key the results are under
+    stored_pre = results[0].key.preprocessing if results else pre.key()
+    return ImageNetCReport(model=loaded.name, checkpoint_sha256=loaded.checkpoint_sha256, preprocessing=stored_pre,
                            source=source, cells=results[:len(specs)], clean=clean_res,
                            out=str(store.root) if store is not None else None, notes=notes)
 

@@ -138,7 +138,7 @@ def _p_result(res: CellResult, regenerated: bool) -> PResult:
 def evaluate_imagenet_p(lm: Any, sources: Sequence[ReleasedVideos | RegeneratedVideos], store: ResultsStore | None,
                         *, batch_size: int = 64, workers: int | None = None, device: torch.device | str | None = None,
                         fresh: bool = False, strict: bool = False, progress: ProgressHook | None = None,
-                        autocast_dtype: torch.dtype | None = None) -> list[PResult]:
+                        **run_kw: Any) -> list[PResult]:
     """Flip probability, flip rate and top-5 distance of one loaded model on each source.
 
     Args:
@@ -146,7 +146,9 @@ def evaluate_imagenet_p(lm: Any, sources: Sequence[ReleasedVideos | RegeneratedV
         sources: from `imagenet_p_sources`.
         store: results store (rank 0), or None for an in-memory run.
         batch_size: most frames per forward pass (a loader batch holds `batch_size // frames` videos, at least 1).
-        workers, device, fresh, strict, progress, autocast_dtype: as in `attnprobe.engine.run_cells`.
+        workers, device, fresh, strict, progress: as in `attnprobe.engine.run_cells`.
+        run_kw: passed to `run_cells` (precision, channels_last, compile); videos are not JPEG files, so they are
+            always decoded in the loader workers.
 
     Returns:
         One `PResult` per source, in order.
@@ -177,7 +179,7 @@ def evaluate_imagenet_p(lm: Any, sources: Sequence[ReleasedVideos | RegeneratedV
     pre = lm.preprocessing
     results = run_cells(lm.model, cells, store, batch_size=videos_per_batch, workers=workers, device=device,
                         scorer=imagenet_p_scorer(pre.mean, pre.std, batch_size), chunk_size=P_CHUNK_SIZE,
-                        fresh=fresh, strict=strict, progress=progress, autocast_dtype=autocast_dtype)
+                        fresh=fresh, strict=strict, progress=progress, **run_kw)
     return [_p_result(r, s.regenerated) for r, s in zip(results, sources)]
 
 

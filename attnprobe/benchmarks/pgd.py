@@ -42,13 +42,18 @@ class _PixelInput:
 
         return TF.to_tensor(resize_and_crop(img, self.pre))
 
+    def tensor_recipe(self) -> Any:
+        """The same transform on uint8 tensors (the device input path): pixels in [0, 1], not normalised."""
+        from attnprobe.data.tensor_transforms import TensorRecipe
+
+        return TensorRecipe.from_preprocessing(self.pre, resize=True, crop=True, fit=False, normalise=False)
+
 
 class _IndexedFolder(ImageFolderDataset):
     """Targets are `[label, sample index]`, so the attack can seed each image's random start by its index."""
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, bool]:
-        x, label, ok = super().__getitem__(i)
-        return x, torch.tensor([label, i], dtype=torch.long), ok
+    def target(self, i: int) -> torch.Tensor:
+        return torch.tensor([self.samples[i][1], i], dtype=torch.long)
 
 
 def _sample_seed(seed: int, index: int) -> int:
@@ -105,7 +110,7 @@ def evaluate_pgd(lm: Any, root: str | Path, store: ResultsStore | None, *, limit
                  batch_size: int = 32, eps: float = PGD5["eps"], step: float = PGD5["step"],
                  steps: int = PGD5["steps"], seed: int = 0, workers: int | None = None,
                  device: torch.device | str | None = None, fresh: bool = False, strict: bool = False,
-                 progress: ProgressHook | None = None) -> PGDResult:
+                 progress: ProgressHook | None = None, **run_kw: Any) -> PGDResult:
     """Robust accuracy of one model under L-inf PGD (default PGD-5: eps 1/255, step 0.5/255, 5 steps).
 
     Args:
@@ -117,6 +122,8 @@ def evaluate_pgd(lm: Any, root: str | Path, store: ResultsStore | None, *, limit
         eps, step, steps: attack settings in pixel units.
         seed: base seed of the per-image random starts.
         workers, device, fresh, strict, progress: as in `run_cells`.
+        run_kw: passed to `run_cells` (precision, decode, channels_last, compile). Under bf16/fp16 the attack's
+            input gradients are computed in reduced precision too: a weaker attack, so use fp32 for paper numbers.
     """
     if eps < 0 or step < 0 or steps < 0:
         raise UserError("--eps, --step and --steps must be non-negative")
@@ -129,7 +136,7 @@ def evaluate_pgd(lm: Any, root: str | Path, store: ResultsStore | None, *, limit
     cell = CellSpec(cell_key(lm, "pgd", ds.fingerprint, cond), ds, info)
     [res] = run_cells(lm.model, [cell], store, batch_size=batch_size, workers=workers, device=device,
                       scorer=pgd_scorer(pre.mean, pre.std, eps, step, steps, seed), fresh=fresh, strict=strict,
-                      progress=progress)
+                      progress=progress, **run_kw)
     clean = res.extra.get("clean_correct", 0)
     return PGDResult(n=res.n, skipped=res.skipped, clean_accuracy=clean / res.n if res.n else math.nan,
                      robust_accuracy=res.top1_accuracy, eps=eps, step=step, steps=steps, seed=seed,

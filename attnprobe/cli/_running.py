@@ -78,3 +78,19 @@ def print_limit_note(limit: int | None, what: str = "full-set numbers", subset: 
 def num(x: float | None, digits: int = 3) -> str:
     """A plain number for tables; "-" for a missing value or NaN."""
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def execution_kw(precision: str, decode: str | None = None, compile: bool = False,
+                 channels_last: bool | None = None) -> dict[str, Any]:
+    """The `run_cells` keywords of `--precision/--decode/--compile/--channels-last`, checked before any model is
+    loaded (unknown names are a one-line error)."""
+    from attnprobe.engine.device_input import DECODE_CHOICES
+    from attnprobe.engine.execution import parse_precision
+    from attnprobe.errors import UserError
+
+    kw: dict[str, Any] = {"precision": parse_precision(precision), "compile": compile, "channels_last": channels_last}
+    if decode is not None:
+        if decode.strip().lower() not in DECODE_CHOICES:
+            raise UserError(f"unknown --decode {decode!r}; use one of {', '.join(DECODE_CHOICES)}")
+        kw["decode"] = decode.strip().lower()
+    return kw

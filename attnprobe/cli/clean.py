@@ -13,7 +13,7 @@ import typer
 from attnprobe.cli import _options as O
 from attnprobe.cli._common import command, console, pct, print_json
 from attnprobe.cli._loading import pair_models
-from attnprobe.cli._running import BATCH, print_limit_note, print_store_line, run_models, store_path
+from attnprobe.cli._running import BATCH, execution_kw, print_limit_note, print_store_line, run_models, store_path
 
 
 @command("clean", help="Clean top-1 accuracy on an ImageNet-style validation folder (resumable).")
@@ -26,6 +26,10 @@ def clean_cli(
     workers: Optional[int] = O.WORKERS,
     out: Path = O.OUT,
     device: Optional[str] = O.DEVICE,
+    precision: str = O.PRECISION,
+    decode: str = O.DECODE,
+    compile_model: bool = O.COMPILE,
+    channels_last: Optional[bool] = O.CHANNELS_LAST,
     fresh: bool = O.FRESH,
     strict: bool = O.STRICT,
     json_out: bool = O.JSON,
@@ -37,10 +41,12 @@ def clean_cli(
 
     pairs = pair_models(model, ckpt, outputs=1000, what="clean ImageNet accuracy")
     samples = scan_class_folders(data, what="validation folder")  # reject a bad folder before loading a model
+    ex_kw = execution_kw(precision, decode, compile_model, channels_last)
 
     def run(loaded: Any, store: Any, ctx: Any, progress: Any) -> Any:
         return evaluate_clean(loaded, data, store, limit=limit, samples=samples, batch_size=batch_size,
-                              workers=workers, device=ctx.device, fresh=fresh, strict=strict, progress=progress)
+                              workers=workers, device=ctx.device, fresh=fresh, strict=strict, progress=progress,
+                              **ex_kw)
 
     done = run_models(pairs, device, out, quiet, json_out, run)
     if done is None:

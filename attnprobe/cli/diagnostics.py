@@ -35,21 +35,27 @@ def _fmt(x: Any, digits: int = 3) -> str:
 
 
 def load_entries(models: list[str], ckpts: Optional[list[str]], device: Optional[str], quiet: bool = False,
-                 num_classes: Optional[int] = None) -> list:
-    """Load every `--model` with its `--ckpt` (same order) onto `device` as `ModelEntry`s."""
+                 num_classes: Optional[int] = None, precision: str = "fp32") -> list:
+    """Load every `--model` with its `--ckpt` (same order) onto `device` as `ModelEntry`s run in `precision`."""
     from attnprobe.cli._loading import load_cli_model, pair_models
     from attnprobe.diagnostics import ModelEntry
     from attnprobe.distributed import resolve_device
+    from attnprobe.engine.execution import Execution
 
     pairs = pair_models(models, ckpts)
     dev = resolve_device(device)
+    ex = Execution(precision)
+    ex.check(dev)
 
     def warn(message: str) -> None:
         if not quiet:
             err_console.print(f"[yellow]warning:[/] {message}", soft_wrap=True)
 
-    return [ModelEntry.from_loaded(load_cli_model(name, ckpt, dev, warn=warn, num_classes=num_classes))
-            for name, ckpt in pairs]
+    entries = [ModelEntry.from_loaded(load_cli_model(name, ckpt, dev, warn=warn, num_classes=num_classes))
+               for name, ckpt in pairs]
+    for e in entries:
+        e.precision = ex.precision
+    return entries
 
 
 def _images(data: Optional[Path], image: Optional[list[Path]], n: Optional[int]) -> Any:
@@ -136,6 +142,7 @@ def stability_cli(
     keep_maps: int = typer.Option(2, "--keep-maps", min=0, help="Save full maps of the first K images for figures."),
     batch_size: int = _BATCH,
     device: Optional[str] = O.DEVICE,
+    precision: str = O.PRECISION,
     fresh: bool = _FRESH,
     json_out: bool = O.JSON,
     quiet: bool = O.QUIET,
@@ -147,7 +154,7 @@ def stability_cli(
     validate_corruption(corruption)
     sev = _severities(severity)
     imgs = _images(data, image, n)
-    entries = load_entries(model, ckpt, device, quiet=quiet, num_classes=num_classes)
+    entries = load_entries(model, ckpt, device, quiet=quiet, num_classes=num_classes, precision=precision)
     res = _run(D.stability, quiet, json_out, entries=entries, images=imgs, corruption=corruption, severities=sev,
                store=_store(out), batch_size=batch_size, keep_maps=keep_maps, fresh=fresh)
     if json_out:
@@ -174,6 +181,7 @@ def overfocus_cli(
     out: Path = O.OUT,
     batch_size: int = _BATCH,
     device: Optional[str] = O.DEVICE,
+    precision: str = O.PRECISION,
     fresh: bool = _FRESH,
     json_out: bool = O.JSON,
     quiet: bool = O.QUIET,
@@ -187,7 +195,7 @@ def overfocus_cli(
         validate_corruption(corruption)
     sev = _severities(severity)
     imgs = _images(data, image, n)
-    entries = load_entries(model, ckpt, device, quiet=quiet, num_classes=num_classes)
+    entries = load_entries(model, ckpt, device, quiet=quiet, num_classes=num_classes, precision=precision)
     res = _run(D.overfocus, quiet, json_out, entries=entries, images=imgs, corruption=corruption, severities=sev,
                k=k, tau=tau, store=_store(out), batch_size=batch_size, fresh=fresh)
     if json_out:
@@ -223,6 +231,7 @@ def heads_cli(
     out: Path = O.OUT,
     batch_size: int = _BATCH,
     device: Optional[str] = O.DEVICE,
+    precision: str = O.PRECISION,
     fresh: bool = _FRESH,
     json_out: bool = O.JSON,
     quiet: bool = O.QUIET,
@@ -235,7 +244,7 @@ def heads_cli(
         validate_corruption(corruption)
     sev = _severities(severity)
     imgs = _images(data, image, n)
-    entries = load_entries(model, ckpt, device, quiet=quiet, num_classes=num_classes)
+    entries = load_entries(model, ckpt, device, quiet=quiet, num_classes=num_classes, precision=precision)
     res = _run(D.heads, quiet, json_out, entries=entries, images=imgs, corruption=corruption, severities=sev,
                store=_store(out), batch_size=batch_size, fresh=fresh)
     if json_out:
@@ -261,6 +270,7 @@ def attention_cli(
     out: Path = O.OUT,
     batch_size: int = _BATCH,
     device: Optional[str] = O.DEVICE,
+    precision: str = O.PRECISION,
     fresh: bool = _FRESH,
     json_out: bool = O.JSON,
     quiet: bool = O.QUIET,
@@ -273,7 +283,7 @@ def attention_cli(
         validate_corruption(corruption)
     sev = _severities(severity)
     imgs = _images(data, image, n)
-    entries = load_entries(model, ckpt, device, quiet=quiet, num_classes=num_classes)
+    entries = load_entries(model, ckpt, device, quiet=quiet, num_classes=num_classes, precision=precision)
     res = _run(D.attention_maps, quiet, json_out, entries=entries, images=imgs, corruption=corruption,
                severities=sev, store=_store(out), batch_size=batch_size, fresh=fresh)
     if json_out:

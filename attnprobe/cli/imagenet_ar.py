@@ -14,7 +14,7 @@ import typer
 from attnprobe.cli import _options as O
 from attnprobe.cli._common import command, console, pct, print_json
 from attnprobe.cli._loading import pair_models
-from attnprobe.cli._running import BATCH, print_limit_note, print_store_line, run_models, store_path
+from attnprobe.cli._running import BATCH, execution_kw, print_limit_note, print_store_line, run_models, store_path
 
 
 @command("ood", help="ImageNet-A or ImageNet-R top-1 accuracy on their 200 classes (resumable).")
@@ -28,6 +28,10 @@ def ood_cli(
     workers: Optional[int] = O.WORKERS,
     out: Path = O.OUT,
     device: Optional[str] = O.DEVICE,
+    precision: str = O.PRECISION,
+    decode: str = O.DECODE,
+    compile_model: bool = O.COMPILE,
+    channels_last: Optional[bool] = O.CHANNELS_LAST,
     fresh: bool = O.FRESH,
     strict: bool = O.STRICT,
     json_out: bool = O.JSON,
@@ -39,10 +43,11 @@ def ood_cli(
     pairs = pair_models(model, ckpt, outputs=1000, what=f"ImageNet-{set_name.upper()}")
     subset_samples(data, set_name)  # reject a wrong folder or set before loading any model
     name = set_name.lower()
+    ex_kw = execution_kw(precision, decode, compile_model, channels_last)
 
     def run(loaded: Any, store: Any, ctx: Any, progress: Any) -> Any:
         return evaluate_subset(loaded, name, data, store, batch_size=batch_size, limit=limit, workers=workers,
-                               device=ctx.device, fresh=fresh, strict=strict, progress=progress)
+                               device=ctx.device, fresh=fresh, strict=strict, progress=progress, **ex_kw)
 
     done = run_models(pairs, device, out, quiet, json_out, run)
     if done is None:

@@ -16,7 +16,7 @@ import typer
 from attnprobe.cli import _options as O
 from attnprobe.cli._common import command, console, pct, print_json
 from attnprobe.cli._loading import pair_models
-from attnprobe.cli._running import BATCH, run_models
+from attnprobe.cli._running import BATCH, execution_kw, run_models
 
 BUNDLED = "bundled"  # same as attnprobe.data.imagenet_c.BUNDLED, repeated here to keep `--help` free of torch
 
@@ -88,6 +88,10 @@ def mce_cli(
     workers: Optional[int] = O.WORKERS,
     out: Path = O.OUT,
     device: Optional[str] = O.DEVICE,
+    precision: str = O.PRECISION,
+    decode: str = O.DECODE,
+    compile_model: bool = O.COMPILE,
+    channels_last: Optional[bool] = O.CHANNELS_LAST,
     no_jpeg: bool = typer.Option(False, "--no-jpeg", help="On the fly: skip the JPEG quality-85 round trip."),
     fresh: bool = O.FRESH,
     strict: bool = O.STRICT,
@@ -108,13 +112,14 @@ def mce_cli(
         notes.append("bundled photos: 3 images, a demo of the pipeline, not an ImageNet-C measurement")
     # every input check (names, folders, file lists) runs before any model is loaded
     scanned = check_imagenet_c_inputs(data, clean, on_the_fly, corruption, severity)
+    ex_kw = execution_kw(precision, decode, compile_model, channels_last)
 
     def run(loaded: Any, store: Any, ctx: Any, progress: Any) -> Any:
         return evaluate_imagenet_c(loaded, store, data=data, clean=clean, on_the_fly=on_the_fly,
                                    corruptions=corruption, severities=severity, limit=limit,
                                    jpeg_quality=None if no_jpeg else 85, scanned=scanned, batch_size=batch_size,
                                    workers=workers, device=ctx.device, fresh=fresh, strict=strict,
-                                   chunk_size=chunk_size, progress=progress)
+                                   chunk_size=chunk_size, progress=progress, **ex_kw)
 
     done = run_models(pairs, device, out, quiet, json_out, run)
     if done is None:

@@ -19,7 +19,7 @@ import typer
 from attnprobe.cli import _options as O
 from attnprobe.cli._common import command, console, err_console, pct, print_json
 from attnprobe.cli._loading import pair_models
-from attnprobe.cli._running import num, print_limit_note, print_store_line, run_models, store_path
+from attnprobe.cli._running import execution_kw, num, print_limit_note, print_store_line, run_models, store_path
 from attnprobe.errors import UserError
 
 
@@ -70,6 +70,9 @@ def mfr_cli(
     workers: Optional[int] = O.WORKERS,
     out: Path = O.OUT,
     device: Optional[str] = O.DEVICE,
+    precision: str = O.PRECISION,
+    compile_model: bool = O.COMPILE,
+    channels_last: Optional[bool] = O.CHANNELS_LAST,
     fresh: bool = O.FRESH,
     strict: bool = O.STRICT,
     json_out: bool = O.JSON,
@@ -83,6 +86,7 @@ def mfr_cli(
 
     pairs = pair_models(model, ckpt, outputs=1000, what="ImageNet-P")
     resolve_device(device)  # a bad --device fails before the notes below are printed
+    ex_kw = execution_kw(precision, None, compile_model, channels_last)  # videos: decoded in the workers
     if clean is not None and not on_the_fly:
         raise UserError("--clean needs --on-the-fly (regenerate sequences from clean images); or pass --data with "
                         "the released ImageNet-P videos")
@@ -102,7 +106,7 @@ def mfr_cli(
 
     def run(loaded: Any, store: Any, ctx: Any, progress: Any) -> Any:
         return evaluate_imagenet_p(loaded, sources, store, batch_size=batch_size, workers=workers,
-                                   device=ctx.device, fresh=fresh, strict=strict, progress=progress)
+                                   device=ctx.device, fresh=fresh, strict=strict, progress=progress, **ex_kw)
 
     done = run_models(pairs, device, out, quiet, json_out, run)
     if done is None:

@@ -13,7 +13,7 @@ import typer
 from attnprobe.cli import _options as O
 from attnprobe.cli._common import command, console, pct, print_json
 from attnprobe.cli._loading import pair_models
-from attnprobe.cli._running import print_limit_note, print_store_line, run_models, store_path
+from attnprobe.cli._running import execution_kw, print_limit_note, print_store_line, run_models, store_path
 
 
 @command("pgd", help="Robust top-1 accuracy under L-inf PGD (default PGD-5: eps 1/255, step 0.5/255, 5 steps).")
@@ -30,6 +30,10 @@ def pgd_cli(
     workers: Optional[int] = O.WORKERS,
     out: Path = O.OUT,
     device: Optional[str] = O.DEVICE,
+    precision: str = O.PRECISION,
+    decode: str = O.DECODE,
+    compile_model: bool = O.COMPILE,
+    channels_last: Optional[bool] = O.CHANNELS_LAST,
     fresh: bool = O.FRESH,
     strict: bool = O.STRICT,
     json_out: bool = O.JSON,
@@ -41,11 +45,12 @@ def pgd_cli(
 
     pairs = pair_models(model, ckpt, outputs=1000, what="PGD robust accuracy")
     scan_class_folders(data, "validation folder")  # reject a bad folder before loading any model
+    ex_kw = execution_kw(precision, decode, compile_model, channels_last)
 
     def run(loaded: Any, store: Any, ctx: Any, progress: Any) -> Any:
         return evaluate_pgd(loaded, data, store, limit=limit, batch_size=batch_size, eps=eps / 255,
                             step=step / 255, steps=steps, seed=seed, workers=workers, device=ctx.device,
-                            fresh=fresh, strict=strict, progress=progress)
+                            fresh=fresh, strict=strict, progress=progress, **ex_kw)
 
     done = run_models(pairs, device, out, quiet, json_out, run)
     if done is None:

@@ -22,6 +22,19 @@ DEFAULT_BATCH_SIZE = 16
 DEFAULT_KEEP_MAPS = 2
 
 
+def _tag_precision(images: ImageSet, entries: Sequence[ModelEntry]) -> ImageSet:
+    """`images` under the dataset id of the entries' precision (`;precision=bf16` appended; fp32 unchanged)."""
+    from attnprobe.engine.execution import parse_precision, tag_preprocessing
+
+    precisions = {parse_precision(e.precision) for e in entries}
+    if len(precisions) > 1:
+        raise UserError("all models of one diagnostics run must use the same precision; run them separately")
+    precision = precisions.pop() if precisions else "fp32"
+    for e in entries:
+        e.precision = precision
+    return images if precision == "fp32" else ImageSet(tag_preprocessing(images.dataset, precision), images.records)
+
+
 def stability(entries: Sequence[ModelEntry], images: ImageSet, corruption: str, severities: Sequence[int] = (3,), *,
               store: ResultsStore | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
               keep_maps: int = DEFAULT_KEEP_MAPS, fresh: bool = False,
@@ -42,6 +55,7 @@ def stability(entries: Sequence[ModelEntry], images: ImageSet, corruption: str, 
         One result per (model, severity): `mean_cosine` over layers, heads and images, and `layers`, each with
         `layer`, `name`, `mean_cosine`, `std_cosine`, `min_cosine`, `max_cosine`, `per_head`, `n_images`.
     """
+    images = _tag_precision(images, entries)
     conds = corrupted_conditions(corruption, severities)
     plan = Plan("stability", conds, clean_metrics=[], corrupted_metrics=[], cosine=True)
     eng = DiagnosticsRun(plan, entries, images, store, batch_size, keep_maps, fresh, progress, None)
@@ -80,6 +94,7 @@ def overfocus(entries: Sequence[ModelEntry], images: ImageSet, corruption: str |
         raise UserError(f"--k must be at least 1, got {k}")
     if tau <= 0:
         raise UserError(f"--tau must be positive, got {tau}")
+    images = _tag_precision(images, entries)
     conds = _with_clean(corruption, severities)
     metrics = list(OVERFOCUS_METRICS)
     plan = Plan("overfocus", conds, clean_metrics=metrics, corrupted_metrics=metrics, cosine=False, k=k, tau=tau)
@@ -115,6 +130,7 @@ def heads(entries: Sequence[ModelEntry], images: ImageSet, corruption: str | Non
         One result per (model, condition): `head_similarity` (mean over layers and images) and `layers`, each with
         `head_similarity`, `std`, `min`, `max`, `n_images`.
     """
+    images = _tag_precision(images, entries)
     conds = _with_clean(corruption, severities)
     plan = Plan("heads", conds, clean_metrics=[HEADS_METRIC], corrupted_metrics=[HEADS_METRIC], cosine=False)
     eng = DiagnosticsRun(plan, entries, images, store, batch_size, keep_maps, fresh, progress, None)
@@ -150,6 +166,7 @@ def attention_maps(entries: Sequence[ModelEntry], images: ImageSet, corruption: 
     """
     if store is None and out_dir is None:
         raise UserError("attention maps need somewhere to go; pass --out DIR")
+    images = _tag_precision(images, entries)
     conds = _with_clean(corruption, severities)
     plan = Plan("attention", conds, clean_metrics=[], corrupted_metrics=[], cosine=False)
     eng = DiagnosticsRun(plan, entries, images, store, batch_size, None, fresh, progress,

@@ -27,6 +27,8 @@ class ModelEntry:
         preprocessing: the model's `attnprobe.zoo.Preprocessing` (default: 224 px, bicubic, crop 0.9, ImageNet stats).
         checkpoint_path: the weights file, for the store's model registry.
         card: the zoo card, for the store's model registry.
+        precision: "fp32" (default), "bf16" or "fp16" (autocast); values in reduced precision are stored under the
+            dataset id with `;precision=...` appended, never mixed with fp32 ones.
     """
 
     name: str
@@ -35,6 +37,7 @@ class ModelEntry:
     preprocessing: Any = None
     checkpoint_path: str | None = None
     card: dict[str, Any] = field(default_factory=dict)
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         if self.preprocessing is None:

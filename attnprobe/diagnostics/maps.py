@@ -28,6 +28,8 @@ def slug(text: str) -> str:
 
 def artifact_path(root: Path, entry: ModelEntry, image_id: str, cond: Condition) -> Path:
     sub = cond.name if cond.corruption is None else f"{cond.name}-s{cond.severity}"
+    if entry.precision != "fp32":  # NOTE: reduced-precision maps never overwrite fp32 ones
+        sub = f"{sub}-{entry.precision}"
     return root / "maps" / slug(entry.name) / entry.checkpoint_sha256.replace(":", "_")[:12] / sub / \
         f"{slug(image_id)}.npz"
 

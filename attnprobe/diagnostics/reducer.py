@@ -126,7 +126,7 @@ class BatchReducer:
             store.setdefault((pos, cond), []).append(arr.to(torch.float16).cpu().numpy())
 
     def __call__(self, lm: LayerMap) -> None:
-        attn = lm.attn
+        attn = lm.attn.float()  # NOTE: metrics in fp32 also when the model runs in bf16/fp16
         parts_n = 2 if self.cond is not None else 1
         total = self.n * parts_n
         if attn.shape[0] % total:

@@ -18,6 +18,7 @@ from attnprobe.diagnostics.inputs import CLEAN, Condition, InputCache, ModelEntr
 from attnprobe.diagnostics.maps import ARTIFACT_KIND, artifact_path, save_maps
 from attnprobe.diagnostics.reducer import BatchReducer, Plan
 from attnprobe.diagnostics.results import RunningStats, ranges, stored_stats
+from attnprobe.engine.execution import Execution
 from attnprobe.errors import UserError
 from attnprobe.store import DiagKey, ResultsStore
 
@@ -139,7 +140,8 @@ class DiagnosticsRun:
             parts = [clean_u8] + ([inputs.get(e, sub, cond)] if cond is not None else [])
             x = normalize_u8(np.concatenate(parts), e.preprocessing).to(device)
             reducer = BatchReducer(self.plan, len(sub), cond, with_clean, keep_pos)
-            with torch.no_grad(), AttentionCapture(e.model, reduce=reducer, keep_maps=False):
+            with torch.no_grad(), Execution(e.precision).autocast(device), \
+                    AttentionCapture(e.model, reduce=reducer, keep_maps=False):
                 e.model(x)
             self._learn(e, reducer)
             self._write_values(e, sub, reducer, resume)

@@ -14,12 +14,16 @@ in `attnprobe.benchmarks` build cells and scorers; this package knows nothing ab
 
 Modules: `loop` (`run_cells`), `plan` (what is left to compute, which rank computes what), `loader` (DataLoader
 defaults, the cells end to end, the chunks' batches), `scoring` (`Scorer` and the top-1 scorers), `cells`
-(`CellSpec`, `CellResult`), `progress` (`ProgressHook`, `RichProgress`).
+(`CellSpec`, `CellResult`), `progress` (`ProgressHook`, `RichProgress`), `execution` (precision, channels_last,
+torch.compile, and the store-key tag of reduced precision), `device_input` (decoding and transforming images on the
+compute device).
 
 Dataset contract: `len(ds)` samples in a fixed (sorted) order; `ds[i]` returns `(input, target)` or
 `(input, target, ok)` where `ok=False` marks an unreadable sample (its input must still have the right shape, e.g.
 zeros): it is left out of the scoring and counted as `skipped`. Optional `ds.sample_name(i) -> str` names a sample
 in warnings. Inputs may have any shape the model/scorer accepts (images `(3, H, W)`, videos `(T, 3, H, W)`).
+Optional `ds.encoded(progressive=..., in_worker=...)` returns the same samples as encoded files
+(`attnprobe.data.encoded.EncodedImages`) for the device input path, or None (see `run_cells(decode=...)`).
 
 Distributed: start the same command with `torchrun`, call `attnprobe.distributed.init_from_env()` first, open the
 store on rank 0 only and pass `store=None` elsewhere; `run_cells` does the rest and returns rank 0's totals on
@@ -27,6 +31,7 @@ every rank.
 """
 
 from attnprobe.engine.cells import CellResult, CellSpec, finite
+from attnprobe.engine.execution import PRECISIONS, Execution
 from attnprobe.engine.loader import default_workers, loader_settings
 from attnprobe.engine.loop import CHUNK_SIZE, run_cells
 from attnprobe.engine.progress import NullProgress, ProgressHook, RichProgress
@@ -36,7 +41,9 @@ __all__ = [
     "CHUNK_SIZE",
     "CellResult",
     "CellSpec",
+    "Execution",
     "NullProgress",
+    "PRECISIONS",
     "ProgressHook",
     "RichProgress",
     "Scorer",

@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -22,7 +22,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from attnprobe import distributed as D
+from attnprobe.data.encoded import EncodedBatch, collate
 from attnprobe.engine.cells import CellResult, CellSpec
+from attnprobe.engine.device_input import DeviceInput, decoder_name, decoder_tag, resolve_decode
+from attnprobe.engine.execution import Execution, tag_preprocessing
 from attnprobe.engine.loader import Chunk, ChunkBatches, ConcatCells, loader_settings
 from attnprobe.engine.plan import CellPlan, chunks_to_compute, plan_cells
 from attnprobe.engine.progress import ProgressHook
@@ -45,7 +48,8 @@ _MAX_SKIPPED_NAMES = 100
 def run_cells(model: nn.Module, cells: Sequence[CellSpec], store: ResultsStore | None, *,
               batch_size: int = 128, workers: int | None = None, device: torch.device | str | None = None,
               scorer: Scorer = top1_scorer, chunk_size: int = CHUNK_SIZE, fresh: bool = False,
-              strict: bool = False, progress: ProgressHook | None = None,
+              strict: bool = False, progress: ProgressHook | None = None, precision: str | torch.dtype = "fp32",
+              decode: str = "auto", channels_last: bool | None = None, compile: bool = False,
               autocast_dtype: torch.dtype | None = None, pin_memory: bool | None = None) -> list[CellResult]:
     """Evaluate `cells` with `model` (loaded once), resumably, on one or many processes.
 
@@ -61,15 +65,23 @@ def run_cells(model: nn.Module, cells: Sequence[CellSpec], store: ResultsStore |
         fresh: recompute the cells even if the store has them (their old rows are deleted first).
         strict: an unreadable sample fails the run (`UserError`) instead of being skipped and counted.
         progress: receives progress events (rank 0 only); `None` is silent.
-        autocast_dtype: run the model under `torch.autocast` with this dtype (e.g. `torch.bfloat16`); off by default
-            because reduced precision changes a few predictions.
+        precision: "fp32" (default, for paper numbers), "bf16" or "fp16" (`torch.autocast`); reduced precision
+            changes a few predictions, so its cells are stored under their own key (`execution.tag_preprocessing`).
+        decode: "auto" ("workers" on CUDA, else "cpu"), "cpu" (decode and transform in the loader workers),
+            "workers" (decode in the workers, resize/crop/normalise on the device), "device" or "gpu" (decode on the
+            device too; nvJPEG on CUDA): datasets with an `encoded()` variant take the device path
+            (`engine.device_input`); others (e.g. corrupted on the fly) keep the CPU path.
+        channels_last: NHWC model and inputs (None: on CUDA for models with convolutions).
+        compile: `torch.compile` the model (compiled at the first batch; nothing is compiled if all is stored).
+        autocast_dtype: the older spelling of `precision` as a dtype (used when given).
         pin_memory: override the default (pinned only on CUDA).
 
     Returns:
         One `CellResult` per cell, in order, on every rank.
 
     Raises:
-        UserError: `strict` and an unreadable sample, or a store whose chunks do not fit this run.
+        UserError: `strict` and an unreadable sample, a store whose chunks do not fit this run, or a precision or
+            decode path the device does not support.
     """
     if batch_size < 1:
         raise UserError(f"batch size must be at least 1, got {batch_size}")
@@ -81,6 +93,9 @@ def run_cells(model: nn.Module, cells: Sequence[CellSpec], store: ResultsStore |
     dev = torch.device(device) if device is not None else _model_device(model)
     model = model.to(dev).eval()
     hook = progress if (progress is not None and main) else ProgressHook()
+    ex = Execution(autocast_dtype if autocast_dtype is not None else precision, channels_last, compile)
+    ex.check(dev)
+    cells, datasets, inputs = _input_paths(cells, resolve_decode(decode, dev), dev, ex.info(model, dev))
 
     plan = plan_cells(cells, store, chunk_size, fresh)
     todo, offsets = chunks_to_compute(plan, chunk_size, batch_size)
@@ -96,9 +111,9 @@ def run_cells(model: nn.Module, cells: Sequence[CellSpec], store: ResultsStore |
         kw = loader_settings(dev, workers, D.world_size())
         if pin_memory is not None:
             kw["pin_memory"] = pin_memory
-        loader = DataLoader(ConcatCells([spec.dataset for spec in cells], offsets), batch_sampler=ChunkBatches(todo),
+        loader = DataLoader(ConcatCells(datasets, offsets), batch_sampler=ChunkBatches(todo), collate_fn=collate,
                             **kw)
-        forward = _Forward(model, scorer, dev, autocast_dtype)
+        forward = _Forward(ex.prepare(model, dev), scorer, dev, ex, inputs, ex.uses_channels_last(model, dev))
         it: Iterator[Any] = iter(loader)
         try:
             current = -1
@@ -116,22 +131,52 @@ def run_cells(model: nn.Module, cells: Sequence[CellSpec], store: ResultsStore |
     return [CellResult(**d) for d in out]
 
 
+def _input_paths(cells: Sequence[CellSpec], decode: str, dev: torch.device, info: dict[str, Any]
+                 ) -> tuple[list[CellSpec], list[Dataset], list[DeviceInput | None]]:
+    """Each cell's dataset as the loader reads it and its device stage (None: the CPU path), and the cells with
+    the precision and decoder in their keys and what ran in their info."""
+    out_cells, datasets, inputs = [], [], []
+    for spec in cells:
+        enc_of = getattr(spec.dataset, "encoded", None)
+        # NOTE: nvJPEG decodes progressive JPEGs one by one on a slow path; the workers' PIL is faster for those
+        enc = (enc_of(progressive=dev.type != "cuda", in_worker=decode == "workers")
+               if decode != "cpu" and callable(enc_of) else None)
+        path = decode if enc is not None else "cpu"
+        pre = tag_preprocessing(spec.key.preprocessing, info["precision"]) + decoder_tag(path, dev)
+        out_cells.append(CellSpec(replace(spec.key, preprocessing=pre), spec.dataset,
+                                  {**spec.info, **info, "decode": decoder_name(path, dev)}))
+        datasets.append(enc if enc is not None else spec.dataset)
+        inputs.append(DeviceInput(enc.recipe, dev, getattr(enc, "stages", ())) if enc is not None else None)
+    return out_cells, datasets, inputs
+
+
 @dataclass
 class _Forward:
-    """The scorer call with the right gradient mode, autocast and device placement."""
+    """The scorer call with the right gradient mode, autocast, input path and device placement."""
 
     model: nn.Module
     scorer: Scorer
     device: torch.device
-    autocast_dtype: torch.dtype | None
+    execution: Execution
+    inputs: Sequence[DeviceInput | None]  # per cell: the device stage of encoded batches, or None
+    channels_last: bool = False
+
+    def prepare(self, cell: int, x: Any, ok: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Encoded batches -> the model input on the device (with updated readable flags); tensors pass."""
+        if isinstance(x, EncodedBatch):
+            stage = self.inputs[cell]
+            if stage is None:
+                raise RuntimeError("an encoded batch reached a cell without a device input stage")
+            return stage(x, ok)
+        return x, ok
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> Mapping[str, Any]:
         grad_ctx = nullcontext() if self.scorer.needs_grad else torch.inference_mode()
-        amp_ctx = (torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype is not None
-                   else nullcontext())
         x = x.to(self.device, non_blocking=True)
+        if self.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         y = y.to(self.device, non_blocking=True)
-        with grad_ctx, amp_ctx:
+        with grad_ctx, self.execution.autocast(self.device):
             return self.scorer.fn(self.model, x, y)
 
 
@@ -170,6 +215,7 @@ class _Run:
         per_sample = self.scorer.per_sample
         for idx in ch.batches():
             x, y, ok = _unpack(next(batches))
+            x, ok = forward.prepare(ch.cell, x, ok)
             if per_sample:
                 o.oks.append(ok.reshape(-1).bool() if ok is not None else torch.ones(len(idx), dtype=torch.bool))
             if ok is not None and not bool(ok.all()):
