@@ -87,6 +87,8 @@ class DemoConfig:
         formats: figure formats.
         fresh: delete the previous results store first.
         sweep: also run the bundled K-sweep models (`SWEEP_MODELS`, for Fig. 7); never in quick mode.
+        segmentation: also evaluate the bundled tiny segmentation models (Table 4, Fig. 6; see
+            `attnprobe.segmentation.demo`) when they are bundled.
     """
 
     out: str | None = None
@@ -103,6 +105,7 @@ class DemoConfig:
     formats: Sequence[str] = ("png",)
     fresh: bool = False
     sweep: bool = True
+    segmentation: bool = True
 
     def resolved(self) -> DemoConfig:
         """A copy with every None replaced by the default of the chosen mode."""
@@ -117,7 +120,8 @@ class DemoConfig:
             corruptions=tuple(self.corruptions or (QUICK_CORRUPTIONS if quick else benchmark_names())),
             keep_maps=self.keep_maps if self.keep_maps is not None else (2 if quick else 3),
             workers=0 if quick and self.workers == 2 else self.workers, threads=self.threads,
-            data_seed=self.data_seed, formats=tuple(self.formats), fresh=self.fresh, sweep=self.sweep and not quick)
+            data_seed=self.data_seed, formats=tuple(self.formats), fresh=self.fresh, sweep=self.sweep and not quick,
+            segmentation=self.segmentation)
 
 
 @dataclass
@@ -342,10 +346,18 @@ def run_demo(cfg: DemoConfig, progress: Progress | None = None) -> DemoResult:
             say("benchmark", mi + 1, len(loaded))
         t = lap("benchmark", t)
         summary = _summary(store, cfg, loaded)
+        # 4. Segmentation: the bundled tiny segmentation models (Table 4, supplementary Tables IV / V, Figs. 6, IV-VI)
+        from attnprobe.segmentation.demo import run_segmentation_demo, segmentation_demo_available
+
+        if cfg.segmentation and segmentation_demo_available():
+            summary["segmentation"] = run_segmentation_demo(store, store_dir, cfg.quick, say)
+            t = lap("segmentation", t)
 
     result = build_report(store_dir, out, baseline=_run_key(cfg.models[0]), ce_reference=_run_key(cfg.models[0]),
                           condition=STABILITY_CORRUPTION, severity=MAP_SEVERITY, formats=cfg.formats,
-                          title="attnprobe demo: tiny ViTs with TAP and ADL on synthetic shapes")
+                          title="attnprobe demo: tiny ViTs with TAP and ADL on synthetic shapes"
+                          + (" (and tiny segmentation models on synthetic streets)" if "segmentation" in summary
+                             else ""))
     t = lap("report", t)
     seconds = round(time.monotonic() - t_start, 1)
     summary["seconds"] = seconds
@@ -466,7 +478,16 @@ def _write_summary(out: Path, summary: dict[str, Any], cfg: DemoConfig) -> None:
                      f"{100 * r['mean_corruption_error']:.1f}% | {100 * r['mce_vs_baseline']:.1f}% | "
                      f"{r['stability_gaussian_noise_s3']:.3f} | {r['row_similarity']:.3f} | "
                      f"{r['head_similarity']:.3f} |")
-    lines += ["", *[f"- {v}" for v in _verdicts(summary)], "",
+    lines += ["", *[f"- {v}" for v in _verdicts(summary)]]
+    if summary.get("segmentation"):  # Table 4 on the tiny segmentation models (attnprobe.segmentation.demo)
+        lines += ["", "Segmentation (tiny FAN-Hybrid + SegFormer models on synthetic street scenes; mIoU over the "
+                  "classes present; Cityscapes-C: 16 corruptions at the official severities, generated on the fly; "
+                  "ACDC: the four conditions rendered on top):", "",
+                  "| model | clean | Cityscapes-C | ACDC |", "|---|---:|---:|---:|"]
+        for name, r in summary["segmentation"].items():
+            lines.append(f"| {name} | " + " | ".join("–" if r.get(t) is None else f"{100 * r[t]:.1f}%"
+                                                    for t in ("cityscapes", "cityscapes_c", "acdc")) + " |")
+    lines += ["",
               f"Runtime: {summary['seconds']:.0f} s ("
               + ", ".join(f"{k} {v:.0f} s" for k, v in summary["timings"].items()) + ")"
               + ("; results already in the store were reused (`attnprobe demo --fresh` recomputes everything)."

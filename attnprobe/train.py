@@ -75,6 +75,9 @@ class TrainConfig:
 
     Attributes:
         arch: timm architecture name (the demo ViT by default; any model following the attention contract).
+        task: "classification", "segmentation" (a segmentation architecture, e.g.
+            ``segformer_tap_fan_base_16_p4_hybrid``: CE over pixels with ignore label 255 + lambda * ADL, on the
+            synthetic street scenes or a Cityscapes root), or "auto" (segmentation for segmentation architectures).
         tap: TAP branches K passed as the ``num_scales`` kwarg; None leaves the architecture's default.
         adl_weight: lambda of the ADL term (0 disables ADL).
         adl_tau: ADL threshold factor tau.
@@ -104,6 +107,7 @@ class TrainConfig:
     """
 
     arch: str = DEMO_ARCH
+    task: str = "auto"
     tap: int | None = None
     adl_weight: float = 0.0
     adl_tau: float = 2.0
@@ -132,7 +136,8 @@ class TrainConfig:
 
     def to_command(self) -> str:
         """The `attnprobe train` command that reproduces this run (options that differ from the defaults)."""
-        flags = {"arch": "--arch", "tap": "--tap", "adl_weight": "--adl-weight", "adl_tau": "--adl-tau",
+        flags = {"arch": "--arch", "task": "--task", "tap": "--tap", "adl_weight": "--adl-weight",
+                 "adl_tau": "--adl-tau",
                  "adl_variant": "--adl-variant", "data": "--data", "img_size": "--img-size",
                  "train_images": "--train-images", "val_images": "--val-images", "epochs": "--epochs",
                  "batch_size": "--batch-size", "lr": "--lr", "weight_decay": "--weight-decay",
@@ -175,6 +180,7 @@ class TrainResult:
     weights: str | None = None
     card: str | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    val_miou: float | None = None  # segmentation runs
 
 
 def default_run_name(arch: str, tap: int | None, adl_weight: float) -> str:
@@ -335,7 +341,7 @@ def _model_kwargs(cfg: TrainConfig, num_classes: int) -> dict[str, Any]:
     return kwargs
 
 
-def _build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
+def _build_model(cfg: TrainConfig, num_classes: int, kwargs: dict[str, Any] | None = None) -> nn.Module:
     import timm
 
     from attnprobe import zoo
@@ -344,7 +350,7 @@ def _build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
     if not timm.is_model(cfg.arch):
         raise UserError(f"unknown architecture {cfg.arch!r}; use a timm name such as {DEMO_ARCH} or "
                         "tap_fan_tiny_12_p16_224 (see `attnprobe models`)")
-    kwargs = _model_kwargs(cfg, num_classes)
+    kwargs = dict(kwargs) if kwargs is not None else _model_kwargs(cfg, num_classes)
     try:
         try:
             model = timm.create_model(cfg.arch, pretrained=False, **kwargs)
@@ -468,6 +474,8 @@ def _toml_value(v: Any) -> str:
         return repr(v)
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):  # an inline table, e.g. a nested constructor argument
+        return "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items() if x is not None) + " }"
     if v is None:
         return '""'
     return json.dumps(str(v), ensure_ascii=False)  # a JSON string is a valid TOML basic string
@@ -487,7 +495,8 @@ def _title(cfg: TrainConfig, name: str) -> str:
     parts = [p for p, on in (("TAP", tap), ("ADL", adl)) if on]
     extra = ([f"K={cfg.tap}"] if tap and cfg.tap != 4 else []) + ([f"λ={cfg.adl_weight:g}"] if adl and
                                                                    cfg.adl_weight != 1 else [])
-    base = "Demo ViT" if cfg.arch == DEMO_ARCH else cfg.arch
+    base = ("Demo ViT" if cfg.arch == DEMO_ARCH else "Demo FAN-Seg" if cfg.task == "segmentation" and cfg.data is None
+            else cfg.arch)
     label = "+" + " & ".join(parts) if parts else "baseline"
     return f"{base} ({label}{', ' + ', '.join(extra) if extra else ''})"
 
@@ -499,8 +508,9 @@ def _method(card: dict[str, Any]) -> str:
 
 
 def write_card(path: Path, cfg: TrainConfig, name: str, weights_file: str, sha256: str, kwargs: dict[str, Any],
-               pre: dict[str, Any], classes: Sequence[str], metrics: dict[str, Any], world_size: int = 1) -> None:
-    """Write a zoo model card (TOML) for a trained model."""
+               pre: dict[str, Any], classes: Sequence[str], metrics: dict[str, Any], world_size: int = 1,
+               extra: dict[str, Any] | None = None) -> None:
+    """Write a zoo model card (TOML) for a trained model (`extra`: the task's own fields, e.g. `[segmentation]`)."""
     card = {
         "name": name,
         "title": _title(cfg, name),
@@ -525,6 +535,7 @@ def write_card(path: Path, cfg: TrainConfig, name: str, weights_file: str, sha25
                      "torch": torch.__version__},
         "results": metrics,
     }
+    card.update(extra or {})
     card["method"] = _method(card)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(_toml(card), encoding="utf-8")
@@ -581,6 +592,66 @@ def install_model(run_dir: str | Path, models_dir: str | Path, subdir: str = "de
 
 
 # --------------------------------------------------------------------------------------------------------------
+# Tasks: what differs between classification and segmentation (data, batches, loss, validation, card)
+# --------------------------------------------------------------------------------------------------------------
+
+
+class _ClassificationTask:
+    """Image classification: the synthetic shapes or an ImageFolder, CE with label smoothing, top-1 accuracy."""
+
+    kind = "classification"
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        self.train_ds, self.val_ds = load_images(cfg)
+        self.classes = self.train_ds.classes
+
+    def model_kwargs(self) -> dict[str, Any]:
+        return _model_kwargs(self.cfg, len(self.classes))
+
+    def build(self) -> nn.Module:
+        return _build_model(self.cfg, len(self.classes))
+
+    def preprocessing(self, model: nn.Module) -> dict[str, Any]:
+        return _preprocessing(model, self.cfg)
+
+    def batch(self, idx: Sequence[int], gen: torch.Generator, pre: dict[str, Any], device: torch.device
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        ds = self.train_ds
+        x = torch.stack([ds[i][0] for i in idx]) if ds.images is None else ds.images[idx]
+        y = torch.tensor([ds.targets[i] for i in idx]).to(device)
+        return _normalize(_augment(x.float() / 255.0, gen), pre["mean"], pre["std"]).to(device), y
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, y, label_smoothing=self.cfg.label_smoothing)
+
+    def evaluate(self, model: nn.Module, pre: dict[str, Any], device: torch.device) -> dict[str, float]:
+        return evaluate_split(model, self.val_ds, pre, self.cfg.adl_tau, self.cfg.adl_variant, device=device)
+
+    def card_fields(self) -> dict[str, Any]:
+        return {}
+
+
+def resolve_task(cfg: TrainConfig) -> TrainConfig:
+    """`cfg` with `task` decided: "auto" becomes "segmentation" for a segmentation architecture."""
+    if cfg.task not in ("auto", "classification", "segmentation"):
+        raise UserError(f"unknown task {cfg.task!r}; choose one of: auto, classification, segmentation")
+    if cfg.task != "auto":
+        return cfg
+    from attnprobe.segmentation.training import is_segmentation_arch
+
+    return dataclasses.replace(cfg, task="segmentation" if is_segmentation_arch(cfg.arch) else "classification")
+
+
+def _make_task(cfg: TrainConfig) -> Any:
+    if cfg.task == "segmentation":
+        from attnprobe.segmentation.training import SegmentationTask
+
+        return SegmentationTask(cfg)
+    return _ClassificationTask(cfg)
+
+
+# --------------------------------------------------------------------------------------------------------------
 # The training loop
 # --------------------------------------------------------------------------------------------------------------
 
@@ -630,6 +701,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: Callable[[dict[str, 
         The run's result; ``finished`` is False when it stopped early.
     """
     _check_config(cfg)
+    cfg = resolve_task(cfg)
     check_output_folder(cfg.out)
     ctx = D.init_from_env(device=cfg.device)
     if cfg.threads:
@@ -710,10 +782,11 @@ class _Trainer:
         self.cfg, self.ctx, self.out = cfg, ctx, out
         self.progress, self.stop_after_steps = progress, stop_after_steps
         self.name = cfg.name or default_run_name(cfg.arch, cfg.tap, cfg.adl_weight)
-        self.train_ds, self.val_ds = load_images(cfg)
+        self.task = _make_task(cfg)
+        self.train_ds, self.val_ds = self.task.train_ds, self.task.val_ds
         torch.manual_seed(cfg.seed)
-        self.model = _build_model(cfg, len(self.train_ds.classes)).to(ctx.device)
-        self.pre = _preprocessing(self.model, cfg)
+        self.model = self.task.build().to(ctx.device)
+        self.pre = self.task.preprocessing(self.model)
         self.opt = torch.optim.AdamW(_param_groups(self.model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
         self.steps_per_epoch = len(self.train_ds) // cfg.batch_size
         if self.steps_per_epoch < 1:
@@ -811,13 +884,11 @@ class _Trainer:
         """One optimizer step on this rank's share of a global batch; returns the loss."""
         from attnprobe.archs.adl import adl_loss
 
-        cfg, ctx, ds = self.cfg, self.ctx, self.train_ds
+        cfg, ctx = self.cfg, self.ctx
         idx = batch[ctx.rank::ctx.world_size]
-        x = torch.stack([ds[i][0] for i in idx]) if ds.images is None else ds.images[idx]
-        y = torch.tensor([ds.targets[i] for i in idx]).to(ctx.device)
         gen = torch.Generator().manual_seed(((cfg.seed * 1009 + self.epoch) * 100_003 + step) * 257 + ctx.rank)
-        x = _normalize(_augment(x.float() / 255.0, gen), self.pre["mean"], self.pre["std"]).to(ctx.device)
-        ce = F.cross_entropy(self.ddp(x), y, label_smoothing=cfg.label_smoothing)
+        x, y = self.task.batch(idx, gen, self.pre, ctx.device)
+        ce = self.task.loss(self.ddp(x), y)
         if self.recorder is not None:
             adl = adl_loss(self.recorder.pop(), cfg.adl_tau, cfg.adl_variant)
             loss = ce + cfg.adl_weight * adl
@@ -834,14 +905,14 @@ class _Trainer:
     def end_epoch(self) -> None:
         """Evaluate on the validation split, log the epoch, checkpoint."""
         sums = D.all_reduce_sum(self.sums)
-        val = evaluate_split(self.model, self.val_ds, self.pre, self.cfg.adl_tau, self.cfg.adl_variant,
-                             device=self.ctx.device)
+        val = self.task.evaluate(self.model, self.pre, self.ctx.device)
         if self.recorder is not None:
             self.recorder.pop()  # drop the maps the evaluation left in the training recorder
         n = max(sums[3].item(), 1.0)
         record = {"epoch": self.epoch + 1, "train_loss": sums[0].item() / n, "train_ce": sums[1].item() / n,
                   "train_adl": sums[2].item() / n if self.cfg.adl_weight > 0 else float("nan"),
-                  "val_loss": val["loss"], "val_accuracy": val["accuracy"], "val_adl": val["adl"],
+                  "val_loss": val["loss"], "val_accuracy": val["accuracy"],
+                  **({"val_miou": val["miou"]} if "miou" in val else {}), "val_adl": val["adl"],
                   "lr": self.opt.param_groups[0]["lr"], "seconds": round(self.seconds(), 1)}
         self.history.append(record)
         self.epoch, self.step_in_epoch = self.epoch + 1, 0
@@ -862,19 +933,18 @@ class _Trainer:
                              val_accuracy=last.get("val_accuracy", nan), val_loss=last.get("val_loss", nan),
                              val_adl=last.get("val_adl", nan), train_loss=last.get("train_loss", nan),
                              train_ce=last.get("train_ce", nan), train_adl=last.get("train_adl", nan),
-                             seconds=round(self.seconds(), 1), history=self.history)
+                             seconds=round(self.seconds(), 1), history=self.history, val_miou=last.get("val_miou"))
         if result.finished:
             weights, card = self.out / f"{self.name}.safetensors", self.out / f"{self.name}.toml"
             if self.ctx.is_main and not (weights.exists() and card.exists()):
-                _finish(self.model, self.cfg, self.name, self.out, self.pre, self.train_ds.classes, result,
-                        self.ctx.world_size)
+                _finish(self.model, self.task, self.name, self.out, self.pre, result, self.ctx.world_size)
             D.barrier()
             result.weights, result.card = str(weights), str(card)
         return result
 
 
-def _finish(model: nn.Module, cfg: TrainConfig, name: str, out: Path, pre: dict[str, Any], classes: Sequence[str],
-            result: TrainResult, world_size: int = 1) -> None:
+def _finish(model: nn.Module, task: Any, name: str, out: Path, pre: dict[str, Any], result: TrainResult,
+            world_size: int = 1) -> None:
     from safetensors.torch import save_file
 
     from attnprobe.checkpoints import file_sha256
@@ -884,9 +954,9 @@ def _finish(model: nn.Module, cfg: TrainConfig, name: str, out: Path, pre: dict[
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp),
               metadata={"name": name})
     os.replace(tmp, weights)
-    kwargs = _model_kwargs(cfg, len(classes))
     metrics = {"val_accuracy": round(result.val_accuracy, 4), "val_loss": round(result.val_loss, 4),
+               **({"val_miou": round(result.val_miou, 4)} if result.val_miou is not None else {}),
                "val_adl": round(result.val_adl, 4), "train_loss": round(result.train_loss, 4),
                "train_seconds": result.seconds}
-    write_card(out / f"{name}.toml", cfg, name, weights.name, file_sha256(weights), kwargs, pre, classes, metrics,
-               world_size)
+    write_card(out / f"{name}.toml", task.cfg, name, weights.name, file_sha256(weights), task.model_kwargs(), pre,
+               task.classes, metrics, world_size, extra=task.card_fields())

@@ -359,6 +359,13 @@ def check_output_space(name: str, checkpoint: str | Path | None = None, pretrain
     """Before any work: stop with one line when the model `load_model` would build has another output space."""
     n = output_classes(name, checkpoint=checkpoint, pretrained=pretrained, **kwargs)
     if n is not None and n != num_classes:
+        if checkpoint is not None:  # NOTE: a segmentation checkpoint has no classifier; say what it is instead
+            from attnprobe import checkpoints
+
+            keys = list(checkpoints.peek_shapes(checkpoint))
+            message = checkpoints.task_mismatch_message(["head.weight"], keys, str(checkpoint), name)
+            if message is not None:
+                raise UserError(message)
         raise _output_space_error(name, n, num_classes, what)
 
 

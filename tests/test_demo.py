@@ -96,6 +96,7 @@ def test_demo_quick_end_to_end(tmp_path: Path) -> None:
     assert {"fig1_attention_maps", "fig5_stability", "imagenet_c_heatmap", "fig4_heads"} <= figures
     tables = {Path(p).stem for p in payload["tables"]}
     assert {"table2_summary", "table3_corruption_errors", "attention_stability"} <= tables
+    assert "table4_segmentation" in tables and "fig6_segmentation" in figures  # the bundled segmentation models
     assert (out / "summary.md").read_text().count("| Demo ViT") == 4
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import functools
 import math
+import re
 import sys
 from pathlib import Path
 from collections.abc import Callable
@@ -45,7 +46,7 @@ def user_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except UserError as e:
-            err_console.print(f"[bold red]error:[/] {e}", soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {one_line(e)}", soft_wrap=True)
             raise typer.Exit(code=e.exit_code) from None
         except KeyboardInterrupt:
             err_console.print("interrupted; finished work is stored, rerun the same command to resume")
@@ -59,6 +60,20 @@ def user_errors(fn: F) -> F:
             raise typer.Exit(code=2) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def one_line(e: UserError) -> str:
+    """The user's message of `e`, also when a DataLoader worker raised it.
+
+    NOTE: torch re-raises a worker's exception as a `UserError` whose message is "Caught UserError in DataLoader
+    worker process 0.", then the worker's traceback, then "attnprobe.errors.UserError: <our message>".
+    """
+    text = str(e)
+    if "Original Traceback" in text:
+        lines = [ln for ln in text.splitlines() if ln.strip()]
+        match = re.match(r"^[\w.]*Error: (.*)$", lines[-1]) if lines else None
+        text = match.group(1) if match else (lines[-1] if lines else text)
+    return text
 
 
 def command(*args: Any, **kwargs: Any) -> Callable[[F], F]:

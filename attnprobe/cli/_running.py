@@ -21,8 +21,12 @@ Evaluate = Callable[[Any, Any, Any, Any], Any]
 
 
 def run_models(pairs: list[tuple[str, Optional[Path]]], device: Optional[str], out: Path, quiet: bool,
-               json_out: bool, evaluate: Evaluate) -> list[tuple[dict[str, Any], Any]] | None:
+               json_out: bool, evaluate: Evaluate,
+               check: Callable[[Any], None] | None = None) -> list[tuple[dict[str, Any], Any]] | None:
     """Load each model in turn and call `evaluate(loaded, store, ctx, progress)`.
+
+    `check(loaded)` runs right after loading, before the model is recorded in the store (raise `UserError` to refuse
+    a model, e.g. a classifier given to `seg`, with nothing stored).
 
     Returns:
         `[(identity, result), ...]` on rank 0, None on the other ranks.
@@ -36,6 +40,8 @@ def run_models(pairs: list[tuple[str, Optional[Path]]], device: Optional[str], o
     try:
         for name, ckpt in pairs:
             loaded = load_on_rank(name, ckpt, ctx.device, quiet)
+            if check is not None:
+                check(loaded)
             if store is not None:
                 store.register_model(loaded.name, loaded.checkpoint_sha256, loaded.checkpoint_path, loaded.card)
             with progress_hook(quiet, json_out) as progress:

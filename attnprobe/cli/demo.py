@@ -44,7 +44,7 @@ def _model_args(items: list[str]) -> dict[str, Any]:
 
 #: `train` options that define a run -> its `TrainConfig` field; a resumed run keeps them (given again, they must
 #: agree with the stored run).
-_RUN_OPTIONS = {"arch": "arch", "tap": "tap", "adl_weight": "adl_weight", "adl_tau": "adl_tau",
+_RUN_OPTIONS = {"arch": "arch", "task": "task", "tap": "tap", "adl_weight": "adl_weight", "adl_tau": "adl_tau",
                 "adl_variant": "adl_variant", "data": "data", "epochs": "epochs", "batch_size": "batch_size",
                 "lr": "lr", "weight_decay": "weight_decay", "warmup_epochs": "warmup_epochs", "img_size": "img_size",
                 "train_images": "train_images", "val_images": "val_images", "seed": "seed",
@@ -94,6 +94,10 @@ def train_cli(
     ctx: typer.Context,
     arch: str = typer.Option("attnprobe_demo_vit_tiny", "--arch", help="timm architecture name (default: the tiny "
                              "demo ViT; FAN/RVT names from attnprobe.archs take --tap too)."),
+    task: str = typer.Option("auto", "--task", help="classification, segmentation (CE over pixels, ignore 255, + "
+                             "lambda * ADL; synthetic street scenes or a Cityscapes --data root; --img-size = crop), "
+                             "or auto (segmentation for segmentation architectures such as "
+                             "segformer_tap_fan_base_16_p4_hybrid)."),
     tap: Optional[int] = typer.Option(None, "--tap", help="TAP branches K (num_scales); 0 or 1 = no TAP."),
     adl_weight: float = typer.Option(0.0, "--adl-weight", help="ADL weight lambda (0 = no ADL)."),
     adl_tau: float = typer.Option(2.0, "--adl-tau", help="ADL threshold factor tau (entries above tau/N count)."),
@@ -126,7 +130,7 @@ def train_cli(
     from attnprobe.train import TrainConfig, default_run_name, train
 
     run_name = name or default_run_name(arch, tap, adl_weight)
-    cfg = TrainConfig(arch=arch, tap=tap, adl_weight=adl_weight, adl_tau=adl_tau, adl_variant=adl_variant,
+    cfg = TrainConfig(arch=arch, task=task, tap=tap, adl_weight=adl_weight, adl_tau=adl_tau, adl_variant=adl_variant,
                       data=str(data) if data else None, img_size=img_size, train_images=train_images,
                       val_images=val_images, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                       warmup_epochs=warmup_epochs, seed=seed, init=str(init) if init else None, name=name,
@@ -141,9 +145,10 @@ def train_cli(
 
     def progress(d: dict[str, Any]) -> None:
         if d["kind"] == "epoch" and talk:
-            err_console.print(f"epoch {d['epoch']}/{cfg.epochs}  loss {d['train_loss']:.3f}  "
-                              f"val acc {100 * d['val_accuracy']:.1f}%  val ADL {_f(d['val_adl'])}  "
-                              f"({d['seconds']:.0f} s)", soft_wrap=True)
+            score = (f"val mIoU {100 * d['val_miou']:.1f}%" if "val_miou" in d
+                     else f"val acc {100 * d['val_accuracy']:.1f}%")
+            err_console.print(f"epoch {d['epoch']}/{cfg.epochs}  loss {d['train_loss']:.3f}  {score}  "
+                              f"val ADL {_f(d['val_adl'])}  ({d['seconds']:.0f} s)", soft_wrap=True)
         elif d["kind"] == "step" and bar and d["step"] % 10 == 0:
             err_console.print(f"  step {d['global_step']}/{d['total_steps']}  loss {d['loss']:.3f}", end="\r")
 
@@ -157,10 +162,12 @@ def train_cli(
     if not talk:
         return
     t = Table(title=f"{res.name} ({'finished' if res.finished else 'stopped'})")
-    for col in ("epoch", "val acc", "val loss", "val ADL", "train CE", "train ADL", "time"):
+    seg = res.val_miou is not None
+    for col in ("epoch", *(("val mIoU", "val pixel acc") if seg else ("val acc",)), "val loss", "val ADL",
+                "train CE", "train ADL", "time"):
         t.add_column(col, justify="right")
-    t.add_row(str(res.epoch), _f(res.val_accuracy, pct=True), _f(res.val_loss), _f(res.val_adl), _f(res.train_ce),
-              _f(res.train_adl), f"{res.seconds:.0f} s")
+    t.add_row(str(res.epoch), *((_f(res.val_miou, pct=True),) if seg else ()), _f(res.val_accuracy, pct=True),
+              _f(res.val_loss), _f(res.val_adl), _f(res.train_ce), _f(res.train_adl), f"{res.seconds:.0f} s")
     console.print(t)
     if res.card:
         console.print(f"weights: {res.weights}\ncard:    {res.card}  (copy both into models/ to use it as a zoo "
@@ -181,6 +188,8 @@ def demo_cli(
                                               "diagnostics (default 64; quick 6)."),
     workers: int = typer.Option(2, "--workers", min=0, help="Processes that corrupt images (0: none)."),
     threads: int = typer.Option(1, "--threads", min=1, help="torch CPU threads (1 is fastest for the tiny models)."),
+    segmentation: bool = typer.Option(True, "--segmentation/--no-segmentation", help="Also evaluate the bundled "
+                                      "tiny segmentation models (Table 4, Fig. 6)."),
     fresh: bool = typer.Option(False, "--fresh", help="Delete the previous results store in <out>/results first."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout (nothing else there)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
@@ -200,7 +209,7 @@ def demo_cli(
 
     cfg = DemoConfig(out=str(out) if out is not None else None, quick=quick, bench_images=bench_images,
                      diag_images=diag_images, workers=workers,
-                     threads=threads, fresh=fresh)
+                     threads=threads, fresh=fresh, segmentation=segmentation)
     res = run_demo(cfg, progress=progress)
     if json_out:
         print_json(asdict(res))

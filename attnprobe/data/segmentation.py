@@ -149,6 +149,22 @@ def check_sizes(image_root: Path, label_root: Path | None, pairs: Sequence[tuple
     return out
 
 
+_WORKER_THREADS_SET = False
+
+
+def _one_cv2_thread_in_workers() -> None:
+    """One OpenCV thread per DataLoader worker process.
+
+    NOTE: OpenCV starts a thread per core for every resize in every worker: 8 workers on 8 cores would run 64 threads.
+    """
+    global _WORKER_THREADS_SET
+    if not _WORKER_THREADS_SET and torch.utils.data.get_worker_info() is not None:
+        import cv2
+
+        cv2.setNumThreads(1)
+        _WORKER_THREADS_SET = True
+
+
 class SegmentationDataset(Dataset):
     """Image/label pairs through the official test pipeline (see the module docstring).
 
@@ -252,6 +268,7 @@ class SegmentationDataset(Dataset):
         return torch.zeros(3, h, w, dtype=dtype), torch.full(self.native_size(i), 255, dtype=torch.uint8)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        _one_cv2_thread_in_workers()
         try:
             bgr = self.load_image(i)
             label = self.load_label(i, size=bgr.shape[:2])

@@ -18,7 +18,8 @@ Images are prepared as the model's evaluation transform does (resize, centre cro
 ImageNet-C recipe), then normalised. Models with the same input size therefore see pixel-identical corrupted images;
 models with different input sizes get the same seeds (but necessarily different pixels). For a corrupted condition
 the clean and corrupted images of a batch go through the model in one forward pass ([clean; corrupted]) and each
-layer's map is split in two halves.
+layer's map is split in two halves. A segmentation model (`model.task == "segmentation"`) sees one window of its
+slide inference (its card's crop, 1024 x 1024 for the official models: 4096 tokens), one image per forward pass.
 
 Stored values (`ResultsStore.add_diagnostics`, one row per image, layer and head; `head = -1` when not per head):
 
@@ -45,7 +46,9 @@ Artifact format (`kind="attention_maps"`, one file per model, image and conditio
     image       uint8 (S, S, 3)   the model input before normalisation (clean, or corrupted with the stored seed)
     attn        float16 (L, H, N, N)   token attention of every layer, in order, when all layers are global, square
                 and of one shape; otherwise attn_000, attn_001, ... one per layer, float16 (H, N_q, N_k), or
-                (nW, H, n_q, n_k) for windowed layers
+                (nW, H, n_q, n_k) for windowed layers. Square grids of more than 256 tokens (a segmentation
+                window: 64 x 64) are stored pooled by f x f token blocks (`meta.token_pool` = f; queries averaged,
+                keys summed), e.g. 4096 -> 256 tokens
     cls_attn    float16 (Lc, H, N_q, N_k)   class / cross / pooling attention (FAN, CaiT, CrossViT, ...), when the
                 model has them; cls_attn_000, ... when their shapes differ
     layer_names str (L,)   module names of the token-attention layers

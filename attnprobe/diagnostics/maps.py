@@ -66,6 +66,9 @@ def save_maps(path: Path, e: ModelEntry, dataset: str, image_id: str, cond: Cond
                                                                               range(len(layers))])
     first = next((lay for lay in info if lay["kind"] == "token"), None)  # the image's own token grid
     n_tokens = first["keys"] if first is not None else 0
+    pool = math.isqrt(n_tokens // layers[0].shape[-1]) if first is not None and layers and \
+        layers[0].shape[-1] < n_tokens else 1
+    n_tokens //= pool * pool  # NOTE: large grids are stored pooled (`reducer.pool_map`)
     prefix = _num_prefix_tokens(e.model, n_tokens) if first is not None else 0
     side = math.isqrt(max(n_tokens - prefix, 0))
     meta = {"format_version": ARTIFACT_VERSION, "model": e.name, "checkpoint_sha256": e.checkpoint_sha256,
@@ -73,7 +76,7 @@ def save_maps(path: Path, e: ModelEntry, dataset: str, image_id: str, cond: Cond
             "seed": seed, "seed_scheme": C.SEED_SCHEME if seed is not None else None,
             "preprocessing": e.preprocessing.key(), "windows": list(windows), "num_prefix_tokens": prefix,
             "grid": [side, side] if side and side * side == n_tokens - prefix else None,
-            "num_layers": len(layers), "kinds": [lay["kind"] for lay in info]}
+            "num_layers": len(layers), "kinds": [lay["kind"] for lay in info], "token_pool": pool}
     arrays["meta"] = np.array(json.dumps(meta))
     # NOTE: uncompressed: float16 attention barely compresses (~10%), and zlib took seconds per FAN-B image,
     # more than the forward pass itself; only the few images a figure needs are saved. A temporary name per

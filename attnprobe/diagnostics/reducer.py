@@ -14,10 +14,33 @@ from attnprobe.capture import LayerMap
 from attnprobe.diagnostics.inputs import CLEAN, Condition
 from attnprobe.metrics import OVERFOCUS_METRICS, attention_cosine, head_similarity, overfocusing, window_mean
 
-__all__ = ["HEADS_METRIC", "STABILITY_METRIC", "BatchReducer", "Plan", "layer_meta"]
+__all__ = ["HEADS_METRIC", "MAX_KEPT_TOKENS", "STABILITY_METRIC", "BatchReducer", "Plan", "layer_meta", "pool_map"]
 
 STABILITY_METRIC = "attention_cosine"
 HEADS_METRIC = "head_similarity"
+#: Kept (saved) maps of larger square token grids are pooled to at most this many tokens per side of the map.
+#: NOTE: a segmentation window of 1024 x 1024 px has 64 x 64 = 4096 tokens: 16 layers x 8 heads of 4096 x 4096 maps
+#: are 4 GB per image in float16; pooled 4 x 4 they are 16 MB and still show where attention goes.
+MAX_KEPT_TOKENS = 256
+
+
+def pool_map(arr: torch.Tensor, max_tokens: int = MAX_KEPT_TOKENS) -> tuple[torch.Tensor, int]:
+    """Pool a map (..., N, N) of a square s x s token grid by f x f token blocks so that (s / f)^2 <= `max_tokens`:
+    queries averaged, keys summed, so every pooled row still sums to 1. Returns (map, f); f = 1 leaves it as is
+    (small, non-square or grids that no f divides)."""
+    n = arr.shape[-1]
+    side = int(round(n ** 0.5))
+    if n <= max_tokens or arr.shape[-2] != n or side * side != n:
+        return arr, 1
+    f = next((f for f in range(2, side + 1) if side % f == 0 and (side // f) ** 2 <= max_tokens), 1)
+    if f == 1:
+        return arr, 1
+    g = side // f
+    lead = arr.shape[:-2]
+    x = arr.reshape(*lead, g, f, g, f, g, f, g, f)  # (..., qy, fy, qx, fx, ky, fy, kx, fx)
+    d = len(lead)
+    x = x.float().mean(dim=(d + 1, d + 3)).sum(dim=(d + 3, d + 5))  # (..., qy, qx, ky, kx)
+    return x.reshape(*lead, g * g, g * g), f
 
 
 @dataclass
@@ -66,6 +89,7 @@ class BatchReducer:
         self.values: dict[tuple[str, Condition], dict[int, torch.Tensor]] = {}
         self.kept: dict[tuple[int, Condition], list[np.ndarray]] = {}
         self.kept_cls: dict[tuple[int, Condition], list[np.ndarray]] = {}
+        self.kept_pool = 1  # token-block size of the kept maps (`pool_map`)
         self.windows: list[int] = []
         self.layers: list[dict[str, Any]] = []
         self.notes: dict[str, set[int]] = {}  # what was left out -> token-attention layers it concerns
@@ -98,6 +122,7 @@ class BatchReducer:
         for pos in self.keep:
             arr = per_image[pos]
             arr = arr[0] if nw == 1 else arr  # (H, N_q, N_k) for global attention, (nW, H, n_q, n_k) for windows
+            arr, self.kept_pool = pool_map(arr) if nw == 1 else (arr, 1)
             store.setdefault((pos, cond), []).append(arr.to(torch.float16).cpu().numpy())
 
     def __call__(self, lm: LayerMap) -> None:

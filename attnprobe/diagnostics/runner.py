@@ -38,6 +38,16 @@ def _model_device(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
+def _images_per_pass(e: ModelEntry, n: int) -> int:
+    """Images per forward pass: all of a batch, but one for segmentation models.
+
+    NOTE: a segmentation window (1024 x 1024 px, 64 x 64 tokens) has 4096 x 4096 maps: the clean and corrupted maps of
+    one layer and one image are 1 GB in float32, so a batch of 16 would need 16 GB at every layer; one image per pass
+    keeps memory flat (each layer's maps are reduced and released before the next layer runs).
+    """
+    return 1 if getattr(e.model, "task", None) == "segmentation" else max(n, 1)
+
+
 class _Resume:
     """What the store already holds for one model: stored images per series, and saved map files."""
 
@@ -112,11 +122,11 @@ class DiagnosticsRun:
             inputs = InputCache()
             for e in self.entries:
                 sub = [r for r in batch if resume[id(e)].needs(r.id)]
-                if not sub:
-                    continue
-                self._run_batch(e, sub, resume[id(e)], inputs)
-                if self.progress is not None:
-                    self.progress(len(sub), total)
+                step = _images_per_pass(e, len(sub))
+                for i in range(0, len(sub), step):
+                    self._run_batch(e, sub[i:i + step], resume[id(e)], inputs)
+                    if self.progress is not None:
+                        self.progress(len(sub[i:i + step]), total)
         for e in self.entries:
             if id(e) not in self.layer_info and records:
                 self._describe(e, records[0])

@@ -32,6 +32,7 @@ from attnprobe.report import bootstrap as B
 from attnprobe.report import figures as F
 from attnprobe.report import tables as T
 from attnprobe.report.html import FigureEntry, TableEntry, render_index
+from attnprobe.report.segmentation import SEG_TASKS, segmentation_section
 from attnprobe.report.loaders import (
     MapRef,
     attention_map_refs,
@@ -129,6 +130,7 @@ def load_report_data(store: ResultsStore, baseline: str | None = None,
     """
     runs = models_frame(store)
     cells = cells_frame(store)
+    cells = cells[~cells["task"].isin(SEG_TASKS)] if not cells.empty else cells  # NOTE: drawn by report/segmentation
     chunks = chunks_frame(store)
     diags = {m: diagnostics_frame(store, m) for m in DIAGNOSTIC_METRICS}
     maps = attention_map_refs(store)
@@ -148,6 +150,7 @@ def load_report_data(store: ResultsStore, baseline: str | None = None,
         diags = {m: d[d["key"].isin(keys)] for m, d in diags.items()}
         maps = [m for m in maps if m.key in keys]
     cards = {r.key: (r.card or {}) for r in runs.itertuples(index=False)}
+    maps = [m for m in maps if cards.get(m.key, {}).get("task") != "segmentation"]  # NOTE: supp. Fig. IV draws them
     shas: dict[str, str] = {r.key: r.checkpoint_sha256 for r in runs.itertuples(index=False)}
     for df in (cells, *diags.values()):
         if not df.empty:
@@ -439,6 +442,12 @@ def build_report(results_dir: str | Path, out_dir: str | Path, baseline: str | N
                                       head_similarity=_last_layer_head_similarity(data, n_resamples, seed)
                                       if layer == -1 else None)
     figures += draw_hparam_figures(data, fig_dir, formats, summary, stab.means if stab else None)
+    # segmentation: Table 4, supplementary Tables IV / V, Figs. 6, V, VI (attnprobe.report.segmentation)
+    with open_store(results_dir) as store:
+        seg = segmentation_section(store, fig_dir, tab_dir, formats, data.styles, data.keys, data.baseline, data.cards)
+    page.tables += seg.tables
+    figures += seg.figures
+    page.notes += seg.notes
     if not figures and not page.tables:
         page.notes.append("The store holds no results this report can draw yet.")
     labels = page.labels
