@@ -34,7 +34,7 @@ import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -713,7 +713,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: Callable[[dict[str, 
         out.mkdir(parents=True, exist_ok=True)
     if state is not None:
         trainer.restore(state)
-    with trainer.recording():
+    with trainer.recorder or nullcontext():  # NOTE: ADL needs every forward's attention
         while trainer.epoch < cfg.epochs and not trainer.stopped:
             if not trainer.run_epoch():
                 break
@@ -833,25 +833,11 @@ class _Trainer:
     def seconds(self) -> float:
         return self.elapsed + time.monotonic() - self.t0
 
-    @contextmanager
-    def recording(self) -> Iterator[None]:
-        """Keep the attention maps of every forward pass while training with ADL."""
-        if self.recorder is None:
-            yield
-            return
-        with self.recorder:
-            yield
-
     @property
     def ddp(self) -> nn.Module:
-        """The model as trained: wrapped in DDP under torchrun (created after `restore`, so every rank starts from
-        the checkpoint's weights)."""
+        """The model as trained (DDP-wrapped after `restore`, so every rank starts from the checkpoint)."""
         if self._ddp is None:
-            self._ddp = self.model
-            if self.ctx.distributed:
-                dev = self.ctx.device
-                self._ddp = nn.parallel.DistributedDataParallel(
-                    self.model, device_ids=[dev.index] if dev.type == "cuda" else None)
+            self._ddp = _wrap_ddp(self.model, self.ctx)
         return self._ddp
 
     # -- one epoch -----------------------------------------------------------------------------------------------
@@ -908,12 +894,8 @@ class _Trainer:
         val = self.task.evaluate(self.model, self.pre, self.ctx.device)
         if self.recorder is not None:
             self.recorder.pop()  # drop the maps the evaluation left in the training recorder
-        n = max(sums[3].item(), 1.0)
-        record = {"epoch": self.epoch + 1, "train_loss": sums[0].item() / n, "train_ce": sums[1].item() / n,
-                  "train_adl": sums[2].item() / n if self.cfg.adl_weight > 0 else float("nan"),
-                  "val_loss": val["loss"], "val_accuracy": val["accuracy"],
-                  **({"val_miou": val["miou"]} if "miou" in val else {}), "val_adl": val["adl"],
-                  "lr": self.opt.param_groups[0]["lr"], "seconds": round(self.seconds(), 1)}
+        record = _epoch_record(self.epoch + 1, sums, val, self.cfg.adl_weight > 0, self.opt.param_groups[0]["lr"],
+                               self.seconds())
         self.history.append(record)
         self.epoch, self.step_in_epoch = self.epoch + 1, 0
         self.save()
@@ -926,14 +908,9 @@ class _Trainer:
     # -- the end -------------------------------------------------------------------------------------------------
     def result(self) -> TrainResult:
         """The run's result; a finished run also gets its weights file and model card (written once)."""
-        last = self.history[-1] if self.history else {}
-        nan = float("nan")
-        result = TrainResult(name=self.name, out=str(self.out), finished=self.epoch >= self.cfg.epochs,
-                             epoch=self.epoch, step=self.epoch * self.steps_per_epoch + self.step_in_epoch,
-                             val_accuracy=last.get("val_accuracy", nan), val_loss=last.get("val_loss", nan),
-                             val_adl=last.get("val_adl", nan), train_loss=last.get("train_loss", nan),
-                             train_ce=last.get("train_ce", nan), train_adl=last.get("train_adl", nan),
-                             seconds=round(self.seconds(), 1), history=self.history, val_miou=last.get("val_miou"))
+        result = _train_result(self.name, self.out, self.history, finished=self.epoch >= self.cfg.epochs,
+                               epoch=self.epoch, step=self.epoch * self.steps_per_epoch + self.step_in_epoch,
+                               seconds=self.seconds())
         if result.finished:
             weights, card = self.out / f"{self.name}.safetensors", self.out / f"{self.name}.toml"
             if self.ctx.is_main and not (weights.exists() and card.exists()):
@@ -941,6 +918,37 @@ class _Trainer:
             D.barrier()
             result.weights, result.card = str(weights), str(card)
         return result
+
+
+def _wrap_ddp(model: nn.Module, ctx: Any) -> nn.Module:
+    """`model` wrapped in DistributedDataParallel under torchrun, else itself."""
+    if not ctx.distributed:
+        return model
+    dev = ctx.device
+    return nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+
+
+def _epoch_record(epoch: int, sums: torch.Tensor, val: dict[str, float], adl: bool, lr: float,
+                  seconds: float) -> dict[str, Any]:
+    """One line of log.jsonl: the epoch's mean training losses (sums of loss, ce, adl, samples) and validation."""
+    n = max(sums[3].item(), 1.0)
+    return {"epoch": epoch, "train_loss": sums[0].item() / n, "train_ce": sums[1].item() / n,
+            "train_adl": sums[2].item() / n if adl else float("nan"),
+            "val_loss": val["loss"], "val_accuracy": val["accuracy"],
+            **({"val_miou": val["miou"]} if "miou" in val else {}), "val_adl": val["adl"],
+            "lr": lr, "seconds": round(seconds, 1)}
+
+
+def _train_result(name: str, out: Path, history: list[dict[str, Any]], *, finished: bool, epoch: int, step: int,
+                  seconds: float) -> TrainResult:
+    """The run's position and its last epoch's numbers (NaN before the first epoch ends)."""
+    last = history[-1] if history else {}
+    nan = float("nan")
+    return TrainResult(name=name, out=str(out), finished=finished, epoch=epoch, step=step,
+                       val_accuracy=last.get("val_accuracy", nan), val_loss=last.get("val_loss", nan),
+                       val_adl=last.get("val_adl", nan), train_loss=last.get("train_loss", nan),
+                       train_ce=last.get("train_ce", nan), train_adl=last.get("train_adl", nan),
+                       seconds=round(seconds, 1), history=history, val_miou=last.get("val_miou"))
 
 
 def _finish(model: nn.Module, task: Any, name: str, out: Path, pre: dict[str, Any], result: TrainResult,

@@ -25,6 +25,7 @@ from timm.models import register_model
 from torch import nn
 
 from attnprobe.archs.attention import MaskedTokenAttention
+from attnprobe.archs.fan import init_transformer_weights
 from attnprobe.archs.tap import TokenAwarePooling
 
 __all__ = ["DemoAttention", "DemoBlock", "DemoViT", "DEMO_MEAN", "DEMO_STD", "attnprobe_demo_vit_tiny"]
@@ -102,17 +103,7 @@ class DemoViT(nn.Module):
                                     for i in range(depth))
         self.norm = nn.LayerNorm(embed_dim)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+        self.apply(init_transformer_weights)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:

@@ -267,6 +267,18 @@ class DropPath(nn.Module):
         return x * mask / keep
 
 
+
+def init_transformer_weights(m: nn.Module) -> None:
+    """The official FAN initialisation: truncated-normal Linear weights, zero biases, unit LayerNorms."""
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
 class FAN(nn.Module):
     """FAN / TAP-FAN classifier (ViT patch embedding or ConvNeXt-stem hybrid), a full timm citizen.
 
@@ -349,14 +361,7 @@ class FAN(nn.Module):
 
     def _init_weights(self, head_init_scale: float) -> None:
         nn.init.trunc_normal_(self.cls_token, std=0.02)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        self.apply(init_transformer_weights)
         if isinstance(self.head, nn.Linear):
             with torch.no_grad():
                 self.head.weight.mul_(head_init_scale)

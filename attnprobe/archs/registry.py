@@ -201,14 +201,24 @@ def register_timm_models() -> list[str]:
     Returns:
         The names registered by this call.
     """
+    return register_entrypoints(VARIANTS, _make_entrypoint, globals())
+
+
+def register_entrypoints(names: Any, make_entrypoint: Callable[[str], Callable],
+                         namespace: dict[str, Any]) -> list[str]:
+    """Register `make_entrypoint(name)` into timm for each name, as attribute `name` of the module `namespace`.
+
+    A name timm already maps to that module is left alone (idempotent); returns the names registered by this call.
+    """
     import timm.models
 
+    module = namespace["__name__"]
     done = []
-    for name in VARIANTS:
-        if timm.models.is_model(name) and timm.models.model_entrypoint(name).__module__ == __name__:
+    for name in names:
+        if timm.models.is_model(name) and timm.models.model_entrypoint(name).__module__ == module:
             continue
-        fn = _make_entrypoint(name)
-        globals()[name] = fn
+        fn = make_entrypoint(name)
+        namespace[name] = fn  # NOTE: timm finds entrypoints as module attributes (pickling, pretrained cfgs)
         timm.models.register_model(fn)
         done.append(name)
     return done

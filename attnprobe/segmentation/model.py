@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnprobe.archs.fan import FAN
-from attnprobe.archs.registry import HYBRID_SEG_OUT_IDX, VIT_SEG_OUT_INDEX, build_from_config, build_variant
+from attnprobe.archs.registry import (HYBRID_SEG_OUT_IDX, VIT_SEG_OUT_INDEX, build_from_config, build_variant,
+                                     register_entrypoints)
 from attnprobe.errors import UserError
 from attnprobe.segmentation.segformer_head import SegFormerHead
 
@@ -240,17 +241,7 @@ def _make_entrypoint(name: str) -> Callable[..., nn.Module]:
 
 def register_segmentors() -> List[str]:
     """Register the named segmentation architectures into timm (idempotent); returns the names registered now."""
-    import timm.models
-
-    done = []
-    for name in SEGMENTORS:
-        if timm.models.is_model(name) and timm.models.model_entrypoint(name).__module__ == __name__:
-            continue
-        fn = _make_entrypoint(name)
-        globals()[name] = fn
-        timm.models.register_model(fn)
-        done.append(name)
-    return done
+    return register_entrypoints(SEGMENTORS, _make_entrypoint, globals())
 
 
 register_segmentors()
