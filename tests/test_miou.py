@@ -54,6 +54,10 @@ def test_hand_made_case() -> None:
     assert res["macc"] == pytest.approx((1 / 3 + 1) / 2)
     assert res["aacc"] == pytest.approx(4 / 6)
     assert res["area_label"].tolist() == [3, 3, 0] and res["pixels"] == 6
+    # one map alone, a (1, H, W) batch, and NumPy arrays are the same single image
+    for p, g in ((pred, gt), (pred[None], gt[None]), (pred.numpy(), gt.numpy())):
+        alone = mean_iou(p, g, num_classes=3)
+        assert alone["images"] == 1 and alone["iou"].tolist() == res["iou"].tolist()
 
 
 def test_class_absent_everywhere_is_nan_and_skipped() -> None:

@@ -244,7 +244,7 @@ def mean_iou(preds: Iterable[Any], gts: Iterable[Any], num_classes: int = 19,
     """mIoU over a set of predicted and ground-truth maps (official MMSegmentation 0.13 rules).
 
     Args:
-        preds: predicted class maps (tensors or arrays; each (H, W), or a (B, H, W) batch).
+        preds: predicted class maps: one (H, W) map, a (B, H, W) batch, or a sequence of either.
         gts: label maps, paired with `preds` (sizes may differ between pairs, never within one).
         num_classes: number of classes.
         ignore_index: label value that is not scored.
@@ -253,7 +253,8 @@ def mean_iou(preds: Iterable[Any], gts: Iterable[Any], num_classes: int = 19,
         See `iou_from_areas` (plus `images`).
     """
     acc = IoUAccumulator(num_classes, ignore_index)
-    preds, gts = list(preds), list(gts)
+    # NOTE: one (H, W) map given alone is one image, not H rows
+    preds, gts = ([x] if getattr(x, "ndim", 0) == 2 else list(x) for x in (preds, gts))
     if len(preds) != len(gts):
         raise ValueError(f"{len(preds)} predictions but {len(gts)} label maps")
     for p, g in zip(preds, gts):
