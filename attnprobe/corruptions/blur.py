@@ -1,0 +1,184 @@
+"""Blur corruptions: gaussian, glass, defocus, motion, zoom.
+
+All take floats in [0, 1], (B, 3, H, W), and return the 0-255 scale before truncation (motion blur with the
+imagenet-c recipe returns it already rounded, as ImageMagick writes 8-bit pixels).
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from attnprobe.corruptions import params as P
+from attnprobe.corruptions.filters import fft_correlate2d, gaussian_filter
+from attnprobe.corruptions.params import Recipe
+from attnprobe.corruptions.resample import zoom_center
+from attnprobe.corruptions.rng import ImageRNG
+
+__all__ = ["defocus_blur", "disk_kernel", "gaussian_blur", "glass_blur", "glass_shuffle_index", "motion_blur",
+           "motion_blur_field", "motion_kernels", "zoom_blur"]
+
+
+def gaussian_blur(x: torch.Tensor, severity: int) -> torch.Tensor:
+    """skimage `gaussian` (sigma 1 .. 6, border 'nearest', truncate 4) of each channel."""
+    return gaussian_filter(x, float(P.GAUSSIAN_BLUR_SIGMA[severity - 1]), "nearest").clamp_(0, 1).mul_(255)
+
+
+# --- glass blur -------------------------------------------------------------------------------------------------
+
+
+def glass_shuffle_index(h: int, w: int, shifts: torch.Tensor, max_shift: int) -> torch.Tensor:
+    """Where each pixel's value comes from after the reference's sequential local "swap" loop, exactly.
+
+    The reference visits rows h = H - d .. d + 1 and, in each, columns w = W - d .. d + 1 (both descending),
+    draws (dx, dy) in [-d, d) and runs ``x[h, w], x[h', w'] = x[h', w'], x[h, w]`` on NumPy views: the first
+    assignment copies x[h', w'] into x[h, w], the second then copies that same value back, so each step is a *pull*
+    ``x[h, w] <- x[h', w']`` of the *current* image (not a swap; NumPy and Numba agree). A pixel's final value is
+    therefore the original value at the end of a chain of pulls through pixels visited earlier in the loop; the
+    chains are resolved here for all pixels at once by pointer jumping (O(log chain) gathers).
+
+    Args:
+        h, w: image size.
+        shifts: (B, 2, h - 2d, w - 2d) int64 (dx, dy) for the visited pixels, in row-major order of the region
+            rows d + 1 .. h - d, columns d + 1 .. w - d.
+        max_shift: d.
+
+    Returns:
+        (B, h * w) int64: flat source index of every output pixel.
+    """
+    d = max_shift
+    b = shifts.shape[0]
+    device = shifts.device
+    flat = torch.arange(h * w, device=device).expand(b, -1).clone()  # (B, HW)
+    if h - d <= d or w - d <= d:
+        return flat
+    rows = torch.arange(d + 1, h - d + 1, device=device)
+    cols = torch.arange(d + 1, w - d + 1, device=device)
+    rr, cc = torch.meshgrid(rows, cols, indexing="ij")  # (h', w')
+    src_r = rr + shifts[:, 1]  # (B, h', w')
+    src_c = cc + shifts[:, 0]
+    here = (rr * w + cc).reshape(-1)  # (h'w',)
+    src = (src_r * w + src_c).reshape(b, -1)  # (B, h'w')
+    visited = (src_r >= d + 1) & (src_r <= h - d) & (src_c >= d + 1) & (src_c <= w - d)
+    # NOTE: pixels later in raster order were visited *earlier* (the loop runs backwards): their value is final.
+    chained = (visited.reshape(b, -1) & (src > here)).contiguous()
+    ptr = flat.clone()
+    ptr[:, here] = src
+    done = torch.ones((b, h * w), dtype=torch.bool, device=device)
+    done[:, here] = ~chained
+    while not bool(done.all()):
+        nxt_ptr = ptr.gather(1, ptr)
+        nxt_done = done.gather(1, ptr)
+        ptr = torch.where(done, ptr, nxt_ptr)
+        done = done | nxt_done
+    return ptr
+
+
+def glass_blur(x: torch.Tensor, severity: int, rng: ImageRNG) -> torch.Tensor:
+    """Gaussian blur, 8-bit truncation, local pixel pulls (1-3 passes), Gaussian blur again."""
+    sigma, d, passes = P.GLASS_BLUR[severity - 1]
+    b, c, h, w = x.shape
+    x8 = gaussian_filter(x, float(sigma), "nearest").mul_(255).floor_().clamp_(0, 255)
+    region = (max(h - 2 * d, 0), max(w - 2 * d, 0))
+    index = None
+    for _ in range(passes):
+        shifts = rng.integers((2, *region), -d, d)  # (B, 2, h', w')
+        step = glass_shuffle_index(h, w, shifts, d)
+        # NOTE: a later pass pulls from the image the earlier passes left: compose the maps.
+        index = step if index is None else index.gather(1, step)
+    flat = x8.reshape(b, c, h * w)
+    shuffled = flat.gather(2, index[:, None].expand(b, c, -1)).reshape(b, c, h, w)
+    return gaussian_filter(shuffled.div_(255), float(sigma), "nearest").clamp_(0, 1).mul_(255)
+
+
+# --- defocus blur -----------------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=8)
+def disk_kernel(radius: int, alias_sigma: float) -> np.ndarray:
+    """The anti-aliased disk of defocus blur (float32), as the reference builds it with OpenCV.
+
+    A binary disk on a 17x17 grid (radius <= 8) or a (2r+1)^2 grid, normalised, then blurred with a 3x3 (5x5 for
+    radius > 8) Gaussian of sigma `alias_sigma`, mirrored borders (OpenCV's GaussianBlur on the kernel image).
+    """
+    half = 8 if radius <= 8 else radius
+    ksize = 3 if radius <= 8 else 5
+    grid = np.arange(-half, half + 1)
+    xx, yy = np.meshgrid(grid, grid)
+    disk = ((xx ** 2 + yy ** 2) <= radius ** 2).astype(np.float32)
+    disk /= disk.sum()
+    g = np.exp(-((np.arange(ksize) - (ksize - 1) / 2.0) ** 2) / (2.0 * alias_sigma ** 2))
+    g = (g / g.sum()).astype(np.float32)
+    r = ksize // 2
+    idx = np.arange(-r, disk.shape[0] + r)
+    period = 2 * disk.shape[0] - 2
+    idx = np.mod(idx, period)
+    idx = np.where(idx >= disk.shape[0], period - idx, idx)  # mirrored (BORDER_REFLECT_101)
+    padded = disk[np.ix_(idx, idx)].astype(np.float64)
+    n = disk.shape[0]
+    rows = sum(g[i] * padded[i:i + n, :] for i in range(ksize))
+    out = sum(g[i] * rows[:, i:i + n] for i in range(ksize))
+    return out.astype(np.float32)
+
+
+def defocus_blur(x: torch.Tensor, severity: int) -> torch.Tensor:
+    """Correlation of each channel with the anti-aliased disk (radius 3 .. 10), mirrored borders (OpenCV)."""
+    radius, alias = P.DEFOCUS_BLUR[severity - 1]
+    kernel = torch.from_numpy(disk_kernel(radius, alias)).to(x.device)
+    return fft_correlate2d(x, kernel, "mirror").clamp_(0, 1).mul_(255)
+
+
+# --- motion blur ------------------------------------------------------------------------------------------------
+
+
+def motion_kernels(radius: int, sigma: float, angles: list[float], h: int, w: int) -> np.ndarray:
+    """One motion-blur kernel per angle (degrees), (B, 2L+1, 2L+1) float64 with L = 2 * radius + 1.
+
+    ImageMagick's MotionBlurImage (and imagecorruptions' copy of it): L = 2 * radius + 1 taps with weights
+    exp(-i^2 / (2 sigma^2)) normalised over i < L; tap i reads the pixel at offset
+    (ceil(i sin a - 1/2), ceil(i cos a - 1/2)) (rows, columns), border pixels repeated. A tap whose offset reaches
+    the image size ends the kernel there (imagecorruptions; it never happens for images larger than the kernel).
+    """
+    length = 2 * radius + 1
+    i = np.arange(length, dtype=np.float64)
+    weights = np.exp(-(i ** 2) / (2 * sigma ** 2)) / (math.sqrt(2 * math.pi) * sigma)
+    weights /= weights.sum()
+    out = np.zeros((len(angles), 2 * length + 1, 2 * length + 1), dtype=np.float64)
+    for k, angle in enumerate(angles):
+        py, px = length * math.sin(math.radians(angle)), length * math.cos(math.radians(angle))
+        hyp = math.hypot(py, px)
+        for t in range(length):
+            dy, dx = math.ceil((t * py) / hyp - 0.5), math.ceil((t * px) / hyp - 0.5)
+            if abs(dy) >= h or abs(dx) >= w:
+                break
+            out[k, length + dy, length + dx] += weights[t]
+    return out
+
+
+def motion_blur_field(x: torch.Tensor, radius: int, sigma: float, angles: list[float]) -> torch.Tensor:
+    """Motion-blur (B, C, H, W) with one angle per image (FFT correlation, border pixels repeated)."""
+    kernels = torch.from_numpy(motion_kernels(radius, sigma, angles, x.shape[-2], x.shape[-1])).to(x.device)
+    return fft_correlate2d(x, kernels, "nearest")
+
+
+def motion_blur(x: torch.Tensor, severity: int, rng: ImageRNG, recipe: Recipe) -> torch.Tensor:
+    """Motion blur along a random angle in [-45, 45) degrees (radius 10 .. 20, sigma 3 .. 15)."""
+    radius, sigma = P.MOTION_BLUR[severity - 1]
+    angles = rng.scalar_uniform(-45, 45)
+    out = motion_blur_field(x.mul_(255), radius, sigma, angles).clamp_(0, 255)
+    return out.round_() if recipe.round_motion else out
+
+
+# --- zoom blur --------------------------------------------------------------------------------------------------
+
+
+def zoom_blur(x: torch.Tensor, severity: int, recipe: Recipe) -> torch.Tensor:
+    """Mean of the image and its centred zooms by factors 1 .. 1.3."""
+    factors = P.zoom_factors(severity)
+    acc = x.clone()
+    for z in factors:
+        acc.add_(zoom_center(x, z, recipe.center_trim))
+    return acc.div_(len(factors) + 1).clamp_(0, 1).mul_(255)
