@@ -31,7 +31,7 @@ _CORRUPTIONS: dict[str, _Fn] = {
     "snow": lambda x, u, s, r, rc: weather.snow(x, s, r, rc),
     "frost": lambda x, u, s, r, rc: weather.frost(u, s, r, rc),
     "fog": lambda x, u, s, r, rc: weather.fog(x, s, r),
-    "brightness": lambda x, u, s, r, rc: digital.brightness(x, s),
+    "brightness": lambda x, u, s, r, rc: digital.brightness(u, s),
     "contrast": lambda x, u, s, r, rc: digital.contrast(x, s),
     "elastic_transform": lambda x, u, s, r, rc: digital.elastic_transform(x, s, r, rc),
     "pixelate": lambda x, u, s, r, rc: digital.pixelate(u, s, rc),
@@ -39,10 +39,10 @@ _CORRUPTIONS: dict[str, _Fn] = {
     "speckle_noise": lambda x, u, s, r, rc: noise.speckle_noise(x, s, r),
     "gaussian_blur": lambda x, u, s, r, rc: blur.gaussian_blur(x, s),
     "spatter": lambda x, u, s, r, rc: spatter.spatter(x, s, r),
-    "saturate": lambda x, u, s, r, rc: digital.saturate(x, s),
+    "saturate": lambda x, u, s, r, rc: digital.saturate(u, s),
 }
 # NOTE: these never look at the float copy; skip making it.
-_UINT8_ONLY = frozenset({"impulse_noise", "frost", "pixelate", "jpeg_compression"})
+_UINT8_ONLY = frozenset({"impulse_noise", "frost", "pixelate", "jpeg_compression", "brightness", "saturate"})
 
 
 def engine_id(recipe: str = "imagenet-c") -> str:

@@ -13,13 +13,13 @@ import numpy as np
 import torch
 
 from attnprobe.corruptions import params as P
-from attnprobe.corruptions.filters import fft_correlate2d, gaussian_filter
+from attnprobe.corruptions.filters import fft_correlate2d, gaussian_filter, pad2d
 from attnprobe.corruptions.params import Recipe
 from attnprobe.corruptions.resample import zoom_center
 from attnprobe.corruptions.rng import ImageRNG
 
 __all__ = ["defocus_blur", "disk_kernel", "gaussian_blur", "glass_blur", "glass_shuffle_index", "motion_blur",
-           "motion_blur_field", "motion_kernels", "zoom_blur"]
+           "motion_blur_field", "motion_taps", "zoom_blur"]
 
 
 def gaussian_blur(x: torch.Tensor, severity: int) -> torch.Tensor:
@@ -134,34 +134,43 @@ def defocus_blur(x: torch.Tensor, severity: int) -> torch.Tensor:
 # --- motion blur ------------------------------------------------------------------------------------------------
 
 
-def motion_kernels(radius: int, sigma: float, angles: list[float], h: int, w: int) -> np.ndarray:
-    """One motion-blur kernel per angle (degrees), (B, 2L+1, 2L+1) float64 with L = 2 * radius + 1.
+def motion_taps(radius: int, sigma: float, angle: float, h: int, w: int) -> list[tuple[int, int, float]]:
+    """The (row offset, column offset, weight) taps of one motion blur, as ImageMagick's MotionBlurImage.
 
-    ImageMagick's MotionBlurImage (and imagecorruptions' copy of it): L = 2 * radius + 1 taps with weights
-    exp(-i^2 / (2 sigma^2)) normalised over i < L; tap i reads the pixel at offset
-    (ceil(i sin a - 1/2), ceil(i cos a - 1/2)) (rows, columns), border pixels repeated. A tap whose offset reaches
-    the image size ends the kernel there (imagecorruptions; it never happens for images larger than the kernel).
+    L = 2 * radius + 1 taps with weights exp(-i^2 / (2 sigma^2)) normalised over i < L; tap i reads the pixel at
+    offset (ceil(i sin a - 1/2), ceil(i cos a - 1/2)), border pixels repeated. A tap whose offset reaches the image
+    size ends the kernel there (imagecorruptions; it never happens for images larger than the kernel).
     """
     length = 2 * radius + 1
     i = np.arange(length, dtype=np.float64)
     weights = np.exp(-(i ** 2) / (2 * sigma ** 2)) / (math.sqrt(2 * math.pi) * sigma)
     weights /= weights.sum()
-    out = np.zeros((len(angles), 2 * length + 1, 2 * length + 1), dtype=np.float64)
-    for k, angle in enumerate(angles):
-        py, px = length * math.sin(math.radians(angle)), length * math.cos(math.radians(angle))
-        hyp = math.hypot(py, px)
-        for t in range(length):
-            dy, dx = math.ceil((t * py) / hyp - 0.5), math.ceil((t * px) / hyp - 0.5)
-            if abs(dy) >= h or abs(dx) >= w:
-                break
-            out[k, length + dy, length + dx] += weights[t]
-    return out
+    py, px = length * math.sin(math.radians(angle)), length * math.cos(math.radians(angle))
+    hyp = math.hypot(py, px)
+    taps: dict[tuple[int, int], float] = {}
+    for t in range(length):
+        dy, dx = math.ceil((t * py) / hyp - 0.5), math.ceil((t * px) / hyp - 0.5)
+        if abs(dy) >= h or abs(dx) >= w:
+            break
+        taps[(dy, dx)] = taps.get((dy, dx), 0.0) + float(weights[t])
+    return [(dy, dx, wt) for (dy, dx), wt in taps.items()]
 
 
 def motion_blur_field(x: torch.Tensor, radius: int, sigma: float, angles: list[float]) -> torch.Tensor:
-    """Motion-blur (B, C, H, W) with one angle per image (FFT correlation, border pixels repeated)."""
-    kernels = torch.from_numpy(motion_kernels(radius, sigma, angles, x.shape[-2], x.shape[-1])).to(x.device)
-    return fft_correlate2d(x, kernels, "nearest")
+    """Motion-blur (B, C, H, W) with one angle per image: a weighted sum of shifted copies, border pixels repeated."""
+    b, c, h, w = x.shape
+    reach = 2 * radius + 1
+    padded = pad2d(x, reach, reach, reach, reach, "nearest")
+    out = torch.empty_like(x)
+    for i, angle in enumerate(angles):
+        acc = out[i]
+        for k, (dy, dx, wt) in enumerate(motion_taps(radius, sigma, angle, h, w)):
+            view = padded[i, :, reach + dy:reach + dy + h, reach + dx:reach + dx + w]
+            if k == 0:
+                torch.mul(view, wt, out=acc)
+            else:
+                acc.add_(view, alpha=wt)
+    return out
 
 
 def motion_blur(x: torch.Tensor, severity: int, rng: ImageRNG, recipe: Recipe) -> torch.Tensor:

@@ -28,34 +28,55 @@ def contrast(x: torch.Tensor, severity: int) -> torch.Tensor:
     return x.sub_(mean).mul_(c).add_(mean).clamp_(0, 1).mul_(255)
 
 
-def brightness(x: torch.Tensor, severity: int) -> torch.Tensor:
-    """HSV value + c (clipped to 1), c = 0.1 .. 0.5, as skimage's rgb2hsv / hsv2rgb round trip.
+def _rgb_to_hsv(rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """skimage's rgb2hsv of (B, 3, H, W) in [0, 1], float64 and the same operations, so the same bits."""
+    r, g, b = rgb.unbind(1)
+    v = torch.maximum(torch.maximum(r, g), b)
+    delta = v - torch.minimum(torch.minimum(r, g), b)
+    grey = delta == 0
+    delta_safe = delta.masked_fill(grey, 1.0)
+    s = (delta / v.masked_fill(grey, 1.0)).masked_fill_(grey, 0.0)
+    # NOTE: skimage assigns red, then green, then blue: on ties the later channel wins.
+    h = torch.where(b == v, (r - g).div_(delta_safe).add_(4.0),
+                    torch.where(g == v, (b - r).div_(delta_safe).add_(2.0), (g - b).div_(delta_safe)))
+    h = torch.remainder(h.div_(6.0), 1.0).masked_fill_(grey, 0.0)
+    return h, s, v
 
-    With hue and saturation fixed, every RGB channel is proportional to the value V, so the round trip is
-    rgb * V' / V (a black pixel, V = 0, becomes grey V').
+
+# which of (0, 1, f, 1 - f) each channel's k is in each hue sector (see `_hsv_to_rgb`)
+_SECTOR_K = torch.tensor([[0, 2, 1, 1, 3, 0], [3, 0, 0, 2, 1, 1], [1, 1, 3, 0, 0, 2]])
+
+
+def _hsv_to_rgb(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """skimage's hsv2rgb (float64, same operations, so the same bits) -> (B, 3, H, W).
+
+    In sector i = floor(6 h) each channel is one of v, p = v(1-s), q = v(1-fs), t = v(1-(1-f)s) (f = 6h - i):
+    all are v(1 - k s) with k in (0, 1, f, 1 - f), and k s, 1 - k s, v(1 - k s) round exactly as skimage's
+    expressions do (multiplying by 0 or 1 is exact).
     """
-    c = P.BRIGHTNESS[severity - 1]
-    value = x.amax(dim=1, keepdim=True)  # (B, 1, H, W)
-    new = (value + c).clamp_(0, 1)
-    scale = torch.where(value > 0, new / value.clamp(min=1e-12), torch.zeros_like(value))
-    out = torch.where(value > 0, x * scale, new.expand_as(x))
+    h6 = h * 6
+    hi = torch.floor(h6)
+    f = h6 - hi
+    sector = torch.remainder(hi, 6).to(torch.int64)  # (B, H, W)
+    ks = torch.stack([torch.zeros_like(f), torch.ones_like(f), f, 1 - f])  # (4, B, H, W)
+    choice = _SECTOR_K.to(h.device)[:, sector]  # (3, B, H, W)
+    k = ks.gather(0, choice)  # (3, B, H, W)
+    return (1 - k * s).mul_(v).transpose(0, 1)
+
+
+def brightness(x_u8: torch.Tensor, severity: int) -> torch.Tensor:
+    """HSV value + c (clipped to 1), c = 0.1 .. 0.5: skimage's rgb2hsv / hsv2rgb round trip in float64."""
+    h, s, v = _rgb_to_hsv(x_u8.to(torch.float64) / 255)
+    out = _hsv_to_rgb(h, s, (v + P.BRIGHTNESS[severity - 1]).clamp_(0, 1))
     return out.clamp_(0, 1).mul_(255)
 
 
-def saturate(x: torch.Tensor, severity: int) -> torch.Tensor:
-    """HSV saturation * a + b (clipped to [0, 1]), as skimage's rgb2hsv / hsv2rgb round trip.
-
-    With hue and value fixed, each channel is V - (S' / S) (V - channel). A grey pixel (S = 0) has hue 0 (red) in
-    skimage, so it becomes (V, V (1 - S'), V (1 - S')).
-    """
+def saturate(x_u8: torch.Tensor, severity: int) -> torch.Tensor:
+    """HSV saturation * a + b (clipped to [0, 1]): skimage's rgb2hsv / hsv2rgb round trip in float64."""
     a, b = P.SATURATE[severity - 1]
-    value = x.amax(dim=1, keepdim=True)
-    delta = value - x.amin(dim=1, keepdim=True)
-    sat = torch.where(value > 0, delta / value.clamp(min=1e-12), torch.zeros_like(value))
-    new = (sat * a + b).clamp_(0, 1)
-    coloured = value - (new * value / delta.clamp(min=1e-12)) * (value - x)
-    grey = torch.cat([value, value * (1 - new), value * (1 - new)], dim=1)
-    return torch.where(delta > 0, coloured, grey).clamp_(0, 1).mul_(255)
+    h, s, v = _rgb_to_hsv(x_u8.to(torch.float64) / 255)
+    out = _hsv_to_rgb(h, (s * a + b).clamp_(0, 1), v)
+    return out.clamp_(0, 1).mul_(255)
 
 
 # --- JPEG -------------------------------------------------------------------------------------------------------
@@ -113,21 +134,19 @@ def _affine_sources(h: int, w: int, shift: float, rng: ImageRNG, device: torch.d
     """
     centre = np.array([w // 2, h // 2], dtype=np.float32)  # (x, y)
     third = min(h, w) // 3
-    src = np.array([centre + third, [centre[0] + third, centre[1] - third], centre - third], dtype=np.float64)
+    src = np.array([centre + third, [centre[0] + third, centre[1] - third], centre - third], dtype=np.float32)
     moves = rng.uniform((3, 2), -shift, shift, device="cpu").numpy()  # (B, 3, 2) float32
-    rows, cols = [], []
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64),
-                            indexing="ij")
+    lhs = np.c_[src.astype(np.float64), np.ones(3)]  # (3, 3)
+    inverses = []
     for move in moves:
-        dst = (src.astype(np.float32) + move).astype(np.float64)
-        # forward map dst = A @ [src; 1]; warpAffine samples src at the inverse map of each output pixel
-        a = np.linalg.solve(np.c_[src, np.ones(3)], dst).T  # (2, 3)
-        inv = np.linalg.inv(np.r_[a, [[0.0, 0.0, 1.0]]])[:2]  # (2, 3)
-        u = inv[0, 0] * xs + inv[0, 1] * ys + inv[0, 2]
-        v = inv[1, 0] * xs + inv[1, 1] * ys + inv[1, 2]
-        cols.append(torch.round(u * 32) / 32)
-        rows.append(torch.round(v * 32) / 32)
-    return torch.stack(rows).to(device, torch.float32), torch.stack(cols).to(device, torch.float32)
+        forward = np.linalg.solve(lhs, (src + move).astype(np.float64)).T  # (2, 3): dst = A @ [src; 1]
+        inverses.append(np.linalg.inv(np.r_[forward, [[0.0, 0.0, 1.0]]])[:2])
+    inv = torch.from_numpy(np.stack(inverses)).to(device, torch.float32)  # (B, 2, 3)
+    xs = torch.arange(w, device=device, dtype=torch.float32)[None, None, :]
+    ys = torch.arange(h, device=device, dtype=torch.float32)[None, :, None]
+    cols = inv[:, 0, 0, None, None] * xs + inv[:, 0, 1, None, None] * ys + inv[:, 0, 2, None, None]  # (B, H, W)
+    rows = inv[:, 1, 0, None, None] * xs + inv[:, 1, 1, None, None] * ys + inv[:, 1, 2, None, None]
+    return rows.mul_(32).round_().div_(32), cols.mul_(32).round_().div_(32)
 
 
 def elastic_transform(x: torch.Tensor, severity: int, rng: ImageRNG, recipe: Recipe) -> torch.Tensor:

@@ -120,9 +120,18 @@ def gaussian_filter(x: torch.Tensor, sigma: float | tuple[float, float], mode: s
     return x
 
 
+_TORCH_PAD = {"nearest": "replicate", "mirror": "reflect", "wrap": "circular"}
+
+
 def pad2d(x: torch.Tensor, top: int, bottom: int, left: int, right: int, mode: str) -> torch.Tensor:
     """Pad the last two dimensions with a SciPy border mode (any pad length)."""
     h, w = x.shape[-2:]
+    fits = max(top, bottom) < h and max(left, right) < w
+    if mode in _TORCH_PAD and (fits or mode == "nearest") and x.is_floating_point() and x.dim() >= 3:
+        # NOTE: torch's pad kernels are much faster than a gather; they cover these modes when the pad is short.
+        flat = x.reshape(-1, 1, h, w) if x.dim() != 4 else x
+        out = torch.nn.functional.pad(flat, (left, right, top, bottom), mode=_TORCH_PAD[mode])
+        return out.reshape(*x.shape[:-2], h + top + bottom, w + left + right)
     rows = torch.from_numpy(boundary_indices(h, top, bottom, mode)).to(x.device)
     cols = torch.from_numpy(boundary_indices(w, left, right, mode)).to(x.device)
     return x.index_select(-2, rows).index_select(-1, cols)

@@ -143,47 +143,27 @@ def zoom_center(x: torch.Tensor, factor: float, center_trim: bool, keep_size: bo
 def map_coordinates(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, mode: str) -> torch.Tensor:
     """Linear interpolation of (B, C, H, W) at per-image float coordinates, a SciPy border mode beyond the edges.
 
+    As `scipy.ndimage.map_coordinates(order=1)`: the image is extended with the border mode, then interpolated.
+    For these modes that equals interpolating at the reflected (or clamped) coordinate, which is what
+    `grid_sample` does: "reflect" (half-sample symmetric) is its reflection padding without aligned corners,
+    "mirror" (OpenCV's BORDER_REFLECT_101) with aligned corners, "nearest" its border padding.
+
     Args:
         x: (B, C, H, W) float.
         rows, cols: (B, H', W') coordinates (row, column) into each image.
-        mode: "reflect", "mirror" or "nearest"; the image is extended with that mode and then interpolated,
-            as `scipy.ndimage.map_coordinates(order=1)`.
+        mode: "reflect", "mirror" or "nearest".
 
     Returns:
         (B, C, H', W').
     """
-    b, c, h, w = x.shape
-    r0 = torch.floor(rows)
-    c0 = torch.floor(cols)
-    fr = (rows - r0).unsqueeze(1)  # (B, 1, H', W')
-    fc = (cols - c0).unsqueeze(1)
-    r0, c0 = r0.to(torch.int64), c0.to(torch.int64)
-    ri = _fold(torch.stack([r0, r0 + 1]), h, mode)  # (2, B, H', W')
-    ci = _fold(torch.stack([c0, c0 + 1]), w, mode)
-    flat = x.reshape(b, c, h * w)
-
-    def tap(a: int, bb: int) -> torch.Tensor:
-        lin = (ri[a] * w + ci[bb]).reshape(b, 1, -1).expand(b, c, -1)
-        return flat.gather(2, lin).reshape(b, c, *rows.shape[1:])
-
-    top = tap(0, 0) * (1 - fc) + tap(0, 1) * fc
-    bottom = tap(1, 0) * (1 - fc) + tap(1, 1) * fc
-    return top * (1 - fr) + bottom * fr
-
-
-def _fold(i: torch.Tensor, n: int, mode: str) -> torch.Tensor:
-    """Map integer indices of any size into [0, n) with a SciPy border mode (as `boundary_indices`)."""
-    if mode == "nearest":
-        return i.clamp(0, n - 1)
-    if mode == "reflect":
-        period = 2 * n
-        m = torch.remainder(i, period)
-        return torch.where(m >= n, period - 1 - m, m)
+    h, w = x.shape[-2:]
     if mode == "mirror":
-        if n == 1:
-            return torch.zeros_like(i)
-        period = 2 * n - 2
-        m = torch.remainder(i, period)
-        return torch.where(m >= n, period - m, m)
-    raise ValueError(f"unknown border mode {mode!r}")
-
+        gx, gy = cols * (2.0 / max(w - 1, 1)) - 1, rows * (2.0 / max(h - 1, 1)) - 1
+        padding, aligned = "reflection", True
+    elif mode in ("reflect", "nearest"):
+        gx, gy = (cols * 2 + 1) / w - 1, (rows * 2 + 1) / h - 1
+        padding, aligned = ("reflection" if mode == "reflect" else "border"), False
+    else:
+        raise ValueError(f"unknown border mode {mode!r}")
+    grid = torch.stack([gx, gy], dim=-1).to(x.dtype)  # (B, H', W', 2)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding, align_corners=aligned)
