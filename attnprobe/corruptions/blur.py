@@ -38,7 +38,8 @@ def glass_shuffle_index(h: int, w: int, shifts: torch.Tensor, max_shift: int) ->
     assignment copies x[h', w'] into x[h, w], the second then copies that same value back, so each step is a *pull*
     ``x[h, w] <- x[h', w']`` of the *current* image (not a swap; NumPy and Numba agree). A pixel's final value is
     therefore the original value at the end of a chain of pulls through pixels visited earlier in the loop; the
-    chains are resolved here for all pixels at once by pointer jumping (O(log chain) gathers).
+    chains are resolved here for all pixels at once by pointer jumping (O(log chain) gathers over the pixels whose
+    chain is not resolved yet).
 
     Args:
         h, w: image size.
@@ -52,40 +53,44 @@ def glass_shuffle_index(h: int, w: int, shifts: torch.Tensor, max_shift: int) ->
     d = max_shift
     b = shifts.shape[0]
     device = shifts.device
-    flat = torch.arange(h * w, device=device).expand(b, -1).clone()  # (B, HW)
+    n = h * w
+    ptr = torch.arange(b * n, device=device).reshape(b, n)  # NOTE: one index space for the whole batch
     if h - d <= d or w - d <= d:
-        return flat
+        return ptr - torch.arange(b, device=device)[:, None] * n
     rows = torch.arange(d + 1, h - d + 1, device=device)
     cols = torch.arange(d + 1, w - d + 1, device=device)
-    rr, cc = torch.meshgrid(rows, cols, indexing="ij")  # (h', w')
-    src_r = rr + shifts[:, 1]  # (B, h', w')
-    src_c = cc + shifts[:, 0]
-    here = (rr * w + cc).reshape(-1)  # (h'w',)
+    here = (rows[:, None] * w + cols[None, :]).reshape(-1)  # (h'w',) visited pixels
+    src_r = rows[None, :, None] + shifts[:, 1]  # (B, h', w')
+    src_c = cols[None, None, :] + shifts[:, 0]
     src = (src_r * w + src_c).reshape(b, -1)  # (B, h'w')
-    visited = (src_r >= d + 1) & (src_r <= h - d) & (src_c >= d + 1) & (src_c <= w - d)
+    visited = ((src_r >= d + 1) & (src_r <= h - d) & (src_c >= d + 1) & (src_c <= w - d)).reshape(b, -1)
     # NOTE: pixels later in raster order were visited *earlier* (the loop runs backwards): their value is final.
-    chained = (visited.reshape(b, -1) & (src > here)).contiguous()
-    ptr = flat.clone()
-    ptr[:, here] = src
-    done = torch.ones((b, h * w), dtype=torch.bool, device=device)
-    done[:, here] = ~chained
-    while not bool(done.all()):
-        nxt_ptr = ptr.gather(1, ptr)
-        nxt_done = done.gather(1, ptr)
-        ptr = torch.where(done, ptr, nxt_ptr)
-        done = done | nxt_done
-    return ptr
+    chained = visited & (src > here)
+    offsets = torch.arange(b, device=device)[:, None] * n
+    ptr[:, here] = src + offsets
+    flat_ptr = ptr.reshape(-1)
+    done = torch.ones(b * n, dtype=torch.bool, device=device)
+    done.view(b, n)[:, here] = ~chained
+    active = (here[None, :] + offsets)[chained]  # flat positions whose chain is open
+    while active.numel():
+        target = flat_ptr[active]
+        flat_ptr[active] = flat_ptr[target]
+        finished = done[target]
+        done[active] = finished
+        active = active[~finished]
+    return flat_ptr.reshape(b, n) - offsets
 
 
 def glass_blur(x: torch.Tensor, severity: int, rng: ImageRNG) -> torch.Tensor:
     """Gaussian blur, 8-bit truncation, local pixel pulls (1-3 passes), Gaussian blur again."""
     sigma, d, passes = P.GLASS_BLUR[severity - 1]
     b, c, h, w = x.shape
-    x8 = gaussian_filter(x, float(sigma), "nearest").mul_(255).floor_().clamp_(0, 255)
+    x8 = gaussian_filter(x, float(sigma), "nearest").mul_(255).floor_()
     region = (max(h - 2 * d, 0), max(w - 2 * d, 0))
     index = None
     for _ in range(passes):
-        shifts = rng.integers((2, *region), -d, d)  # (B, 2, h', w')
+        # NOTE: integers uniform on [-d, d) from uniform floats (24-bit; torch's random_ is far slower)
+        shifts = rng.uniform((2, *region)).mul_(2 * d).floor_().sub_(d).to(torch.int64)  # (B, 2, h', w')
         step = glass_shuffle_index(h, w, shifts, d)
         # NOTE: a later pass pulls from the image the earlier passes left: compose the maps.
         index = step if index is None else index.gather(1, step)

@@ -50,43 +50,55 @@ def canny(img: torch.Tensor, low: float, high: float) -> torch.Tensor:
     local_max = (horizontal & keep_h) | (vertical & keep_v) | (diagonal & keep_d)
     candidate = local_max & (mag > int(np.floor(low)))
     edges = candidate & (mag > int(np.floor(high)))
-    cand = candidate[:, None].float()
-    grown = edges[:, None].float()
-    while True:
-        nxt = F.max_pool2d(grown, 3, stride=1, padding=1) * cand
-        nxt = torch.maximum(nxt, grown)
+    grown = edges
+    while True:  # hysteresis: grow the strong edges through 8-connected candidates
+        p = torch.nn.functional.pad(grown, (1, 1, 1, 1))
+        near = grown.clone()
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                if dy or dx:
+                    near |= _shift(p, dy, dx, h, w)
+        nxt = near & candidate | grown
         if torch.equal(nxt, grown):
             break
         grown = nxt
-    return (grown[:, 0] > 0).to(torch.uint8) * 255
+    return grown.to(torch.uint8) * 255
 
 
 _D_HV, _D_DIAG, _D_KNIGHT = (float(np.float32(c)) for c in (1.0, 1.4, 2.1969))
-_MASK5 = [(dy, dx, _D_HV if abs(dy) + abs(dx) == 1 else _D_DIAG if abs(dy) == abs(dx) == 1 else _D_KNIGHT)
-          for dy in range(-2, 3) for dx in range(-2, 3)
-          if (dy, dx) != (0, 0) and {abs(dy), abs(dx)} in ({0, 1}, {1}, {1, 2})]
 
 
 def distance_l2_mask5(img: torch.Tensor, cap: float) -> torch.Tensor:
     """OpenCV's distanceTransform(DIST_L2, 5) of uint8 (B, H, W), capped at `cap` (threshold TRUNC), float32.
 
     The distance of a non-zero pixel to the nearest zero pixel along 8-neighbour and knight moves costing 1, 1.4
-    and 2.1969 (float32 sums, as OpenCV), never leaving the image. Relaxed in parallel: after k rounds every
-    distance reached in k moves is exact, and each move costs at least 1, so ceil(cap) + 1 rounds settle every
-    distance below the cap.
+    and 2.1969 (OpenCV's 5x5 mask), never leaving the image, by OpenCV's two raster passes (top-down with the upper
+    half of the mask, bottom-up with the lower half). Each row is one vectorised step: the moves from the two rows
+    before it, then the moves along the row (cost 1 per pixel) as a running minimum of d[x'] + (x - x').
     """
     b, h, w = img.shape
-    big = float(np.float32(1e6))
-    d = torch.where(img == 0, 0.0, big).to(torch.float32)
-    for _ in range(int(np.ceil(cap)) + 1):
-        p = F.pad(d, (2, 2, 2, 2), value=big)
-        best = d
-        for dy, dx, cost in _MASK5:
-            best = torch.minimum(best, p[:, 2 + dy:2 + dy + h, 2 + dx:2 + dx + w] + cost)
-        if torch.equal(best, d):
-            break
-        d = best
-    return d.clamp_(max=float(cap))
+    big = 1e6
+    d = torch.where(img == 0, 0.0, big).to(torch.float64)
+    steps = torch.arange(w, device=img.device, dtype=torch.float64)
+    one_back = torch.tensor([_D_KNIGHT, _D_DIAG, _D_HV, _D_DIAG, _D_KNIGHT], dtype=torch.float64, device=img.device)
+    two_back = torch.tensor([_D_KNIGHT, big, _D_KNIGHT], dtype=torch.float64, device=img.device)
+    padded = torch.nn.functional.pad(d, (2, 2), value=big)  # (B, H, W + 4); rows are written back as they settle
+    for rows, sign in ((range(h), 1), (range(h - 1, -1, -1), -1)):
+        for y in rows:
+            cand = padded[:, y, 2:2 + w]
+            if 0 <= y - sign < h:
+                near = padded[:, y - sign].unfold(1, 5, 1)  # (B, W, 5): x-2 .. x+2 of the row before
+                cand = torch.minimum(cand, (near + one_back).amin(-1))
+            if 0 <= y - 2 * sign < h:
+                far = padded[:, y - 2 * sign, 1:w + 3].unfold(1, 3, 1)  # (B, W, 3): x-1 .. x+1 two rows before
+                cand = torch.minimum(cand, (far + two_back).amin(-1))
+            if sign > 0:  # left to right: d[x] = min over x' <= x of d[x'] + (x - x')
+                cand = torch.cummin(cand - steps, dim=1).values + steps
+            else:  # right to left
+                cand = torch.cummin((cand + steps).flip(1), dim=1).values.flip(1) - steps
+            padded[:, y, 2:2 + w] = cand
+    d = padded[..., 2:2 + w]
+    return d.to(torch.float32).clamp_(max=float(cap))
 
 
 def box3(img: torch.Tensor) -> torch.Tensor:

@@ -88,6 +88,36 @@ def _jpeg_one(image: torch.Tensor, quality: int) -> torch.Tensor:
     return decode_jpeg(encode_jpeg(image, quality=quality))
 
 
+def _workers(n: int) -> int:
+    return min(n, max(1, torch.get_num_threads()), os.cpu_count() or 1)
+
+
+def _map_images(fn, batch: torch.Tensor) -> list[torch.Tensor]:  # noqa: ANN001
+    """fn over the (3, H, W) CPU images of a batch, in threads when torch may use several (the C code frees the GIL)."""
+    images = batch.detach().to("cpu").contiguous().unbind(0)
+    if _workers(len(images)) <= 1:
+        return [fn(im) for im in images]
+    with ThreadPoolExecutor(max_workers=_workers(len(images))) as pool:
+        return list(pool.map(fn, images))
+
+
+def _map_planes(fn, batch: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+    """fn over the (3, H, W) NumPy images of a CPU uint8 batch, in threads when torch may use several."""
+    chw = batch.detach().contiguous().numpy()  # (B, 3, H, W)
+    out = np.empty_like(chw)
+
+    def one(i: int) -> None:
+        out[i] = fn(chw[i])
+
+    if _workers(len(chw)) <= 1:
+        for i in range(len(chw)):
+            one(i)
+    else:
+        with ThreadPoolExecutor(max_workers=_workers(len(chw))) as pool:
+            list(pool.map(one, range(len(chw))))
+    return torch.from_numpy(out)
+
+
 def jpeg_roundtrip(x_u8: torch.Tensor, quality: int) -> torch.Tensor:
     """Encode each (3, H, W) uint8 image as a baseline JPEG (libjpeg, 4:2:0) and decode it, on the CPU.
 
@@ -95,14 +125,9 @@ def jpeg_roundtrip(x_u8: torch.Tensor, quality: int) -> torch.Tensor:
     and 4:2:0 chroma subsampling; checked in the tests). GPU batches make the round trip on the CPU too: the GPU
     encoder (nvJPEG) quantises differently.
     """
-    cpu = x_u8.detach().to("cpu").contiguous()
-    workers = min(len(cpu), max(1, torch.get_num_threads()), os.cpu_count() or 1)
-    if workers > 1:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            out = list(pool.map(lambda im: _jpeg_one(im, quality), cpu.unbind(0)))
-    else:
-        out = [_jpeg_one(im, quality) for im in cpu.unbind(0)]
-    return torch.stack(out).to(x_u8.device)
+    if x_u8.shape[0] == 0:
+        return x_u8.clone()
+    return torch.stack(_map_images(lambda im: _jpeg_one(im, quality), x_u8)).to(x_u8.device)
 
 
 def jpeg_compression(x_u8: torch.Tensor, severity: int) -> torch.Tensor:
@@ -113,10 +138,27 @@ def jpeg_compression(x_u8: torch.Tensor, severity: int) -> torch.Tensor:
 # --- pixelate ---------------------------------------------------------------------------------------------------
 
 
+def _pixelate_pil(planes: np.ndarray, c: float, up: str) -> np.ndarray:
+    """PIL's two resizes of each (H, W) plane of a (3, H, W) image (per-plane "L" images need no transposes)."""
+    from PIL import Image
+
+    h, w = planes.shape[-2:]
+    out = np.empty_like(planes)
+    for k, plane in enumerate(planes):
+        small = Image.fromarray(plane).resize((int(w * c), int(h * c)), Image.BOX)
+        out[k] = np.asarray(small.resize((w, h), Image.BOX if up == "box" else Image.NEAREST))
+    return out
+
+
 def pixelate(x_u8: torch.Tensor, severity: int, recipe: Recipe) -> torch.Tensor:
-    """PIL box downscale by 0.6 .. 0.25, then back up with box (imagenet-c) or nearest (imagecorruptions)."""
+    """PIL box downscale by 0.6 .. 0.25, then back up with box (imagenet-c) or nearest (imagecorruptions).
+
+    On the CPU, PIL itself (per image, threads); elsewhere `pil_resize`, which gives the same bytes.
+    """
     c = P.PIXELATE[severity - 1]
     h, w = x_u8.shape[-2:]
+    if x_u8.device.type == "cpu":
+        return _map_planes(lambda im: _pixelate_pil(im, c, recipe.pixelate_up), x_u8)
     small = pil_resize(x_u8, int(h * c), int(w * c), "box")
     if recipe.pixelate_up == "box":
         return pil_resize(small, h, w, "box")

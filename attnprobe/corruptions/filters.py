@@ -132,6 +132,10 @@ def pad2d(x: torch.Tensor, top: int, bottom: int, left: int, right: int, mode: s
         flat = x.reshape(-1, 1, h, w) if x.dim() != 4 else x
         out = torch.nn.functional.pad(flat, (left, right, top, bottom), mode=_TORCH_PAD[mode])
         return out.reshape(*x.shape[:-2], h + top + bottom, w + left + right)
+    if mode == "nearest" and max(top, bottom, left, right) <= 2:
+        # NOTE: short replicate pads of integer images (Canny): concatenating edge slices beats a gather
+        x = torch.cat([x[..., :1, :]] * top + [x] + [x[..., -1:, :]] * bottom, dim=-2)
+        return torch.cat([x[..., :1]] * left + [x] + [x[..., -1:]] * right, dim=-1)
     rows = torch.from_numpy(boundary_indices(h, top, bottom, mode)).to(x.device)
     cols = torch.from_numpy(boundary_indices(w, left, right, mode)).to(x.device)
     return x.index_select(-2, rows).index_select(-1, cols)
