@@ -27,9 +27,10 @@ _EXPORTS = {
     "AttentionCapture": "attnprobe.capture",
     "ResultsStore": "attnprobe.store",
     "UserError": "attnprobe.errors",
+    "corrupt": "attnprobe.corruptions",
 }
 _SUBMODULES = {"metrics", "robustness", "data", "report", "archs", "store", "zoo", "capture", "evaluate",
-               "evaluate_extra", "attacks", "diagnostics"}
+               "evaluate_extra", "attacks", "diagnostics", "corruptions"}
 
 __all__ = sorted(_EXPORTS) + sorted(_SUBMODULES)
 

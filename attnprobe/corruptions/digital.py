@@ -6,6 +6,7 @@ Float inputs are in [0, 1], (B, 3, H, W); outputs are the 0-255 scale before tru
 from __future__ import annotations
 
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -83,9 +84,24 @@ def saturate(x_u8: torch.Tensor, severity: int) -> torch.Tensor:
 
 
 def _jpeg_one(image: torch.Tensor, quality: int) -> torch.Tensor:
-    from torchvision.io import decode_jpeg, encode_jpeg
-
+    """JPEG round trip of one (3, H, W) uint8 CPU image: torchvision's libjpeg bindings, else PIL (same bytes)."""
+    try:
+        from torchvision.io import decode_jpeg, encode_jpeg
+    except ImportError:  # NOTE: torchvision deprecates its JPEG codecs; PIL makes the same bytes, a bit slower
+        return _jpeg_pil(image, quality)
     return decode_jpeg(encode_jpeg(image, quality=quality))
+
+
+def _jpeg_pil(image: torch.Tensor, quality: int) -> torch.Tensor:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(buf, format="JPEG", quality=quality)
+    buf.seek(0)
+    with Image.open(buf) as im:
+        return torch.from_numpy(np.asarray(im.convert("RGB")).copy()).permute(2, 0, 1)
 
 
 def _workers(n: int) -> int:
@@ -127,7 +143,12 @@ def jpeg_roundtrip(x_u8: torch.Tensor, quality: int) -> torch.Tensor:
     """
     if x_u8.shape[0] == 0:
         return x_u8.clone()
-    return torch.stack(_map_images(lambda im: _jpeg_one(im, quality), x_u8)).to(x_u8.device)
+    with warnings.catch_warnings():
+        # NOTE: torchvision >= 0.29 warns on every call that its JPEG codecs move to TorchCodec; they still make
+        # the bytes we check against PIL, and `_jpeg_one` falls back to PIL once they are gone.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        out = _map_images(lambda im: _jpeg_one(im, quality), x_u8)
+    return torch.stack(out).to(x_u8.device)
 
 
 def jpeg_compression(x_u8: torch.Tensor, severity: int) -> torch.Tensor:
