@@ -223,3 +223,19 @@ def test_cuda_gives_the_cpu_result() -> None:
             # NOTE: same draws; float rounding on the two devices may move a value across a truncation step
             assert diff.float().le(1).float().mean() >= 0.995, (recipe, name, diff.float().mean())
             assert diff.float().mean() < 0.05, (recipe, name)
+
+
+def test_draws_do_not_depend_on_threads() -> None:
+    from attnprobe.corruptions.rng import ImageRNG
+
+    keys = list(range(8))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = ImageRNG(keys, "cpu").normal((3, 224, 224))
+        torch.set_num_threads(2)
+        two = ImageRNG(keys, "cpu").normal((3, 224, 224))  # 1.2M values: drawn in 2 threads
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)
+    assert torch.equal(one[3], ImageRNG([3], "cpu").normal((3, 224, 224))[0])

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from attnprobe.corruptions import params as P
-from attnprobe.corruptions.filters import fft_correlate2d, gaussian_filter, pad2d
+from attnprobe.corruptions.filters import correlate2d, gaussian_filter, pad2d
 from attnprobe.corruptions.params import Recipe
 from attnprobe.corruptions.resample import zoom_center
 from attnprobe.corruptions.rng import ImageRNG
@@ -36,14 +36,14 @@ def glass_shuffle_index(h: int, w: int, shifts: torch.Tensor, max_shift: int) ->
     The reference visits rows h = H - d .. d + 1 and, in each, columns w = W - d .. d + 1 (both descending),
     draws (dx, dy) in [-d, d) and runs ``x[h, w], x[h', w'] = x[h', w'], x[h, w]`` on NumPy views: the first
     assignment copies x[h', w'] into x[h, w], the second then copies that same value back, so each step is a *pull*
-    ``x[h, w] <- x[h', w']`` of the *current* image (not a swap; NumPy and Numba agree). A pixel's final value is
-    therefore the original value at the end of a chain of pulls through pixels visited earlier in the loop; the
-    chains are resolved here for all pixels at once by pointer jumping (O(log chain) gathers over the pixels whose
-    chain is not resolved yet).
+    ``x[h, w] <- x[h', w']`` of the *current* image (not a swap; NumPy and Numba agree). A pull from a pixel later
+    in raster order reads a value that pixel already pulled (the loop runs backwards); from an earlier or an
+    unvisited pixel, the original. So every pixel's value is the original at the end of a chain of forward pulls;
+    the chains are resolved for all pixels at once by pointer jumping over the open chains only (O(log length)).
 
     Args:
         h, w: image size.
-        shifts: (B, 2, h - 2d, w - 2d) int64 (dx, dy) for the visited pixels, in row-major order of the region
+        shifts: (B, 2, h - 2d, w - 2d) integers (dx, dy) for the visited pixels, in row-major order of the region
             rows d + 1 .. h - d, columns d + 1 .. w - d.
         max_shift: d.
 
@@ -54,31 +54,26 @@ def glass_shuffle_index(h: int, w: int, shifts: torch.Tensor, max_shift: int) ->
     b = shifts.shape[0]
     device = shifts.device
     n = h * w
-    ptr = torch.arange(b * n, device=device).reshape(b, n)  # NOTE: one index space for the whole batch
+    ptr = torch.arange(b * n, device=device).reshape(b, h, w)  # NOTE: one index space for the whole batch
     if h - d <= d or w - d <= d:
-        return ptr - torch.arange(b, device=device)[:, None] * n
-    rows = torch.arange(d + 1, h - d + 1, device=device)
-    cols = torch.arange(d + 1, w - d + 1, device=device)
-    here = (rows[:, None] * w + cols[None, :]).reshape(-1)  # (h'w',) visited pixels
-    src_r = rows[None, :, None] + shifts[:, 1]  # (B, h', w')
-    src_c = cols[None, None, :] + shifts[:, 0]
-    src = (src_r * w + src_c).reshape(b, -1)  # (B, h'w')
-    visited = ((src_r >= d + 1) & (src_r <= h - d) & (src_c >= d + 1) & (src_c <= w - d)).reshape(b, -1)
-    # NOTE: pixels later in raster order were visited *earlier* (the loop runs backwards): their value is final.
-    chained = visited & (src > here)
-    offsets = torch.arange(b, device=device)[:, None] * n
-    ptr[:, here] = src + offsets
+        return ptr.reshape(b, n) - torch.arange(b, device=device)[:, None] * n
+    step = (shifts[:, 1] * w + shifts[:, 0]).to(torch.int64)  # (B, h', w') flat offset of each pull
+    region = (slice(None), slice(d + 1, h - d + 1), slice(d + 1, w - d + 1))
+    ptr[region] += step
+    forward = torch.zeros((b, h, w), dtype=torch.bool, device=device)
+    forward[region] = step > 0
     flat_ptr = ptr.reshape(-1)
-    done = torch.ones(b * n, dtype=torch.bool, device=device)
-    done.view(b, n)[:, here] = ~chained
-    active = (here[None, :] + offsets)[chained]  # flat positions whose chain is open
+    # NOTE: a pull from an unvisited pixel also looks "open" here; that pixel points to itself and is done, so the
+    # first jump closes it with the original value, as the reference reads it.
+    done = ~forward.reshape(-1)
+    active = forward.reshape(-1).nonzero().squeeze(1)
     while active.numel():
         target = flat_ptr[active]
         flat_ptr[active] = flat_ptr[target]
         finished = done[target]
         done[active] = finished
         active = active[~finished]
-    return flat_ptr.reshape(b, n) - offsets
+    return flat_ptr.reshape(b, n) - torch.arange(b, device=device)[:, None] * n
 
 
 def glass_blur(x: torch.Tensor, severity: int, rng: ImageRNG) -> torch.Tensor:
@@ -87,11 +82,11 @@ def glass_blur(x: torch.Tensor, severity: int, rng: ImageRNG) -> torch.Tensor:
     b, c, h, w = x.shape
     x8 = gaussian_filter(x, float(sigma), "nearest").mul_(255).floor_()
     region = (max(h - 2 * d, 0), max(w - 2 * d, 0))
+    # NOTE: integers uniform on [-d, d) from 24-bit uniform floats, all passes in one draw (torch's random_ is slow)
+    shifts = rng.uniform((passes, 2, *region)).mul_(2 * d).sub_(d).floor_().to(torch.int32)  # (B, P, 2, h', w')
     index = None
-    for _ in range(passes):
-        # NOTE: integers uniform on [-d, d) from uniform floats (24-bit; torch's random_ is far slower)
-        shifts = rng.uniform((2, *region)).mul_(2 * d).floor_().sub_(d).to(torch.int64)  # (B, 2, h', w')
-        step = glass_shuffle_index(h, w, shifts, d)
+    for k in range(passes):
+        step = glass_shuffle_index(h, w, shifts[:, k], d)
         # NOTE: a later pass pulls from the image the earlier passes left: compose the maps.
         index = step if index is None else index.gather(1, step)
     flat = x8.reshape(b, c, h * w)
@@ -132,8 +127,10 @@ def disk_kernel(radius: int, alias_sigma: float) -> np.ndarray:
 def defocus_blur(x: torch.Tensor, severity: int) -> torch.Tensor:
     """Correlation of each channel with the anti-aliased disk (radius 3 .. 10), mirrored borders (OpenCV)."""
     radius, alias = P.DEFOCUS_BLUR[severity - 1]
-    kernel = torch.from_numpy(disk_kernel(radius, alias)).to(x.device)
-    return fft_correlate2d(x, kernel, "mirror").clamp_(0, 1).mul_(255)
+    # NOTE: taps below 1e-12 of the peak (the anti-aliasing Gaussian's far tails) are dropped: < 1e-9 grey levels
+    kernel = disk_kernel(radius, alias)
+    kernel = torch.from_numpy(np.where(kernel < 1e-12 * kernel.max(), 0.0, kernel).astype(np.float32))
+    return correlate2d(x, kernel, "mirror").clamp_(0, 1).mul_(255)
 
 
 # --- motion blur ------------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-__all__ = ["boundary_indices", "correlate1d", "fft_correlate2d", "gaussian_filter", "gaussian_kernel1d",
+__all__ = ["boundary_indices", "correlate1d", "correlate2d", "fft_correlate2d", "gaussian_filter", "gaussian_kernel1d",
            "next_fast_len", "pad2d"]
 
 _DENSE_MAX = 320  # axes up to this length use a dense (n, n) matrix
@@ -109,14 +109,39 @@ def correlate1d(x: torch.Tensor, weights: tuple[float, ...], dim: int, mode: str
     return y.flatten(-3, -2)[..., :n, :]
 
 
+_CONV_MAX_TAPS = 65  # kernels up to this many taps run as depthwise convolutions
+
+
+def _depthwise(x: torch.Tensor, weights_h: tuple[float, ...] | None, weights_w: tuple[float, ...] | None,
+               mode: str) -> torch.Tensor:
+    """Separable correlation as two depthwise convolutions (every image and channel its own group)."""
+    h, w = x.shape[-2:]
+    rh = len(weights_h) // 2 if weights_h else 0
+    rw = len(weights_w) // 2 if weights_w else 0
+    planes = x.reshape(1, -1, h, w)  # (1, N, H, W)
+    n = planes.shape[1]
+    out = pad2d(planes, rh, rh, rw, rw, mode)
+    for weights, shape in ((weights_h, (n, 1, -1, 1)), (weights_w, (n, 1, 1, -1))):
+        if weights:
+            kernel = torch.tensor(weights, dtype=x.dtype, device=x.device).view(1, 1, *shape[2:])
+            out = torch.nn.functional.conv2d(out, kernel.expand(shape[0], 1, *kernel.shape[2:]), groups=n)
+    return out.reshape(x.shape)
+
+
 def gaussian_filter(x: torch.Tensor, sigma: float | tuple[float, float], mode: str = "nearest",
                     truncate: float = 4.0) -> torch.Tensor:
     """`scipy.ndimage.gaussian_filter` over the last two dimensions (sigma per axis, 0 skips the axis)."""
     sh, sw = (sigma, sigma) if not isinstance(sigma, tuple) else sigma
-    if sh > 0:
-        x = correlate1d(x, gaussian_kernel1d(float(sh), float(truncate)), -2, mode)
-    if sw > 0:
-        x = correlate1d(x, gaussian_kernel1d(float(sw), float(truncate)), -1, mode)
+    kh = gaussian_kernel1d(float(sh), float(truncate)) if sh > 0 else None
+    kw = gaussian_kernel1d(float(sw), float(truncate)) if sw > 0 else None
+    h, w = x.shape[-2:]
+    small = all(k is None or len(k) <= min(_CONV_MAX_TAPS, n) for k, n in ((kh, h), (kw, w)))
+    if small and x.is_floating_point():
+        return _depthwise(x, kh, kw, mode)
+    if kh is not None:
+        x = correlate1d(x, kh, -2, mode)
+    if kw is not None:
+        x = correlate1d(x, kw, -1, mode)
     return x
 
 
@@ -139,6 +164,27 @@ def pad2d(x: torch.Tensor, top: int, bottom: int, left: int, right: int, mode: s
     rows = torch.from_numpy(boundary_indices(h, top, bottom, mode)).to(x.device)
     cols = torch.from_numpy(boundary_indices(w, left, right, mode)).to(x.device)
     return x.index_select(-2, rows).index_select(-1, cols)
+
+
+def correlate2d(x: torch.Tensor, kernel: torch.Tensor, mode: str) -> torch.Tensor:
+    """2-D correlation of (B, C, H, W) with one centred odd-sized kernel, border `mode`.
+
+    Taps that are zero on the kernel's rim are dropped; small kernels run as a depthwise convolution, large ones
+    by FFT (`fft_correlate2d`).
+    """
+    k = kernel
+    while k.shape[0] > 1 and bool((k[0] == 0).all()) and bool((k[-1] == 0).all()):
+        k = k[1:-1]
+    while k.shape[1] > 1 and bool((k[:, 0] == 0).all()) and bool((k[:, -1] == 0).all()):
+        k = k[:, 1:-1]
+    kh, kw = k.shape
+    h, w = x.shape[-2:]
+    if kh * kw > 300 or kh > h or kw > w:
+        return fft_correlate2d(x, k, mode)
+    planes = pad2d(x.reshape(1, -1, h, w), kh // 2, kh // 2, kw // 2, kw // 2, mode)  # (1, N, H', W')
+    n = planes.shape[1]
+    weight = k.to(device=x.device, dtype=x.dtype).view(1, 1, kh, kw).expand(n, 1, kh, kw)
+    return torch.nn.functional.conv2d(planes, weight, groups=n).reshape(x.shape)
 
 
 def next_fast_len(n: int) -> int:

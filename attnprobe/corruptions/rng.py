@@ -16,7 +16,9 @@ Keys come from `seed`:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 
 import torch
@@ -89,6 +91,14 @@ def image_keys(images: torch.Tensor, seed: int | Sequence[int] | torch.Tensor) -
     return [splitmix64((s & _MASK64) ^ _DOMAIN_PER_IMAGE) for s in seeds]
 
 
+def _rng_workers(rows: int, numel: int, device: torch.device) -> int:
+    """Threads for drawing: for a GPU batch every CPU core (the draws are its bottleneck), else torch's threads."""
+    if rows < 2 or numel < (1 << 20):
+        return 1
+    cores = os.cpu_count() or 1
+    return max(1, min(rows, cores if device.type != "cpu" else torch.get_num_threads(), 32))
+
+
 class ImageRNG:
     """The random draws of one batch: one CPU generator per image, results stacked and moved to `device`.
 
@@ -110,10 +120,18 @@ class ImageRNG:
         return len(self._gens)
 
     def _fill(self, shape: Sequence[int], dtype: torch.dtype, fill, device: str | None) -> torch.Tensor:  # noqa: ANN001
-        out = torch.empty((len(self._gens), *shape), dtype=dtype)
-        for row, g in zip(out, self._gens):
-            fill(row, g)
         target = self.device if device is None else torch.device(device)
+        pin = target.type == "cuda"
+        out = torch.empty((len(self._gens), *shape), dtype=dtype, pin_memory=pin)
+        rows = list(zip(out, self._gens))
+        workers = _rng_workers(len(rows), out.numel(), target)
+        if workers > 1:
+            # NOTE: each image has its own generator, so filling rows in parallel threads gives the same numbers
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                list(pool.map(lambda rg: fill(*rg), rows))
+        else:
+            for row, g in rows:
+                fill(row, g)
         return out if target.type == "cpu" else out.to(target, non_blocking=True)
 
     def uniform(self, shape: Sequence[int], low: float = 0.0, high: float = 1.0, dtype: torch.dtype = torch.float32,
