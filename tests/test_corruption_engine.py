@@ -239,3 +239,12 @@ def test_draws_do_not_depend_on_threads() -> None:
         torch.set_num_threads(threads)
     assert torch.equal(one, two)
     assert torch.equal(one[3], ImageRNG([3], "cpu").normal((3, 224, 224))[0])
+
+
+def test_memory_layout_does_not_matter(batch: torch.Tensor) -> None:
+    cl = batch.contiguous(memory_format=torch.channels_last)
+    view = batch.permute(0, 1, 3, 2).contiguous().permute(0, 1, 3, 2)  # same values, transposed strides
+    for name in ("glass_blur", "elastic_transform", "pixelate", "saturate", "motion_blur"):
+        ref = corrupt(batch, name, 3, seed=5)
+        assert torch.equal(corrupt(cl, name, 3, seed=5), ref), name
+        assert torch.equal(corrupt(view, name, 3, seed=5), ref), name

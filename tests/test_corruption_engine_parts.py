@@ -14,7 +14,7 @@ from attnprobe.corruptions.blur import disk_kernel, glass_shuffle_index, motion_
 from attnprobe.corruptions.rng import ImageRNG, image_keys
 
 
-@pytest.mark.parametrize("shape", [(37, 51), (224, 224), (300, 700), (20, 9)])
+@pytest.mark.parametrize("shape", [(37, 51), (224, 224), (300, 700), (20, 9), (600, 701)])
 def test_gaussian_filter_is_scipys(shape: tuple[int, int]) -> None:
     from scipy.ndimage import gaussian_filter
 

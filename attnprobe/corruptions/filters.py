@@ -128,6 +128,26 @@ def _depthwise(x: torch.Tensor, weights_h: tuple[float, ...] | None, weights_w: 
     return out.reshape(x.shape)
 
 
+def _shifted_sums(x: torch.Tensor, weights_h: tuple[float, ...] | None, weights_w: tuple[float, ...] | None,
+                  mode: str) -> torch.Tensor:
+    """Separable correlation as weighted sums of shifted views (one fused multiply-add per tap)."""
+    h, w = x.shape[-2:]
+    rh = len(weights_h) // 2 if weights_h else 0
+    rw = len(weights_w) // 2 if weights_w else 0
+    out = pad2d(x, rh, rh, rw, rw, mode)
+    if weights_h:
+        acc = out[..., 0:h, :] * weights_h[0]
+        for i in range(1, len(weights_h)):
+            acc.add_(out[..., i:i + h, :], alpha=weights_h[i])
+        out = acc
+    if weights_w:
+        acc = out[..., 0:w] * weights_w[0]
+        for i in range(1, len(weights_w)):
+            acc.add_(out[..., i:i + w], alpha=weights_w[i])
+        out = acc
+    return out
+
+
 def gaussian_filter(x: torch.Tensor, sigma: float | tuple[float, float], mode: str = "nearest",
                     truncate: float = 4.0) -> torch.Tensor:
     """`scipy.ndimage.gaussian_filter` over the last two dimensions (sigma per axis, 0 skips the axis)."""
@@ -137,6 +157,11 @@ def gaussian_filter(x: torch.Tensor, sigma: float | tuple[float, float], mode: s
     h, w = x.shape[-2:]
     small = all(k is None or len(k) <= min(_CONV_MAX_TAPS, n) for k, n in ((kh, h), (kw, w)))
     if small and x.is_floating_point():
+        # NOTE: depthwise convolutions are fast over many small planes (a batch at 224 px) and slow over a few
+        # big ones (CPU), where shifted sums of short kernels win
+        few_big = x.numel() // (h * w) < 16 and h * w > (1 << 18)
+        if few_big and max(len(kh or ()), len(kw or ())) <= 15 and x.device.type == "cpu":
+            return _shifted_sums(x, kh, kw, mode)
         return _depthwise(x, kh, kw, mode)
     if kh is not None:
         x = correlate1d(x, kh, -2, mode)
@@ -179,7 +204,7 @@ def correlate2d(x: torch.Tensor, kernel: torch.Tensor, mode: str) -> torch.Tenso
         k = k[:, 1:-1]
     kh, kw = k.shape
     h, w = x.shape[-2:]
-    if kh * kw > 300 or kh > h or kw > w:
+    if kh * kw > 150 or kh > h or kw > w:
         return fft_correlate2d(x, k, mode)
     planes = pad2d(x.reshape(1, -1, h, w), kh // 2, kh // 2, kw // 2, kw // 2, mode)  # (1, N, H', W')
     n = planes.shape[1]
