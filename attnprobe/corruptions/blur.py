@@ -30,7 +30,7 @@ def gaussian_blur(x: torch.Tensor, severity: int) -> torch.Tensor:
 # --- glass blur -------------------------------------------------------------------------------------------------
 
 
-def glass_shuffle_index(h: int, w: int, shifts: torch.Tensor, max_shift: int) -> torch.Tensor:
+def glass_shuffle_index(h: int, w: int, shifts: torch.Tensor, max_shift: int, base: int = 0) -> torch.Tensor:
     """Where each pixel's value comes from after the reference's sequential local "swap" loop, exactly.
 
     The reference visits rows h = H - d .. d + 1 and, in each, columns w = W - d .. d + 1 (both descending),
@@ -46,6 +46,7 @@ def glass_shuffle_index(h: int, w: int, shifts: torch.Tensor, max_shift: int) ->
         shifts: (B, 2, h - 2d, w - 2d) integers (dx, dy) for the visited pixels, in row-major order of the region
             rows d + 1 .. h - d, columns d + 1 .. w - d.
         max_shift: d.
+        base: subtracted from `shifts` (draws stored unsigned, in [0, 2d), pass d).
 
     Returns:
         (B, h * w) int64: flat source index of every output pixel.
@@ -57,7 +58,7 @@ def glass_shuffle_index(h: int, w: int, shifts: torch.Tensor, max_shift: int) ->
     ptr = torch.arange(b * n, device=device).reshape(b, h, w)  # NOTE: one index space for the whole batch
     if h - d <= d or w - d <= d:
         return ptr.reshape(b, n) - torch.arange(b, device=device)[:, None] * n
-    step = (shifts[:, 1] * w + shifts[:, 0]).to(torch.int64)  # (B, h', w') flat offset of each pull
+    step = shifts[:, 1].to(torch.int64) * w + shifts[:, 0] - base * (w + 1)  # (B, h', w') flat offset of each pull
     region = (slice(None), slice(d + 1, h - d + 1), slice(d + 1, w - d + 1))
     ptr[region] += step
     forward = torch.zeros((b, h, w), dtype=torch.bool, device=device)
@@ -82,11 +83,10 @@ def glass_blur(x: torch.Tensor, severity: int, rng: ImageRNG) -> torch.Tensor:
     b, c, h, w = x.shape
     x8 = gaussian_filter(x, float(sigma), "nearest").mul_(255).floor_()
     region = (max(h - 2 * d, 0), max(w - 2 * d, 0))
-    # NOTE: integers uniform on [-d, d) from 24-bit uniform floats, all passes in one draw (torch's random_ is slow)
-    shifts = rng.uniform((passes, 2, *region)).mul_(2 * d).sub_(d).floor_().to(torch.int32)  # (B, P, 2, h', w')
+    shifts = rng.integers((passes, 2, *region), 0, 2 * d, dtype=torch.uint8)  # (B, P, 2, h', w'): d + (dx, dy)
     index = None
     for k in range(passes):
-        step = glass_shuffle_index(h, w, shifts[:, k], d)
+        step = glass_shuffle_index(h, w, shifts[:, k], d, base=d)
         # NOTE: a later pass pulls from the image the earlier passes left: compose the maps.
         index = step if index is None else index.gather(1, step)
     flat = x8.reshape(b, c, h * w)

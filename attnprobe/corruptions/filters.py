@@ -157,10 +157,9 @@ def gaussian_filter(x: torch.Tensor, sigma: float | tuple[float, float], mode: s
     h, w = x.shape[-2:]
     small = all(k is None or len(k) <= min(_CONV_MAX_TAPS, n) for k, n in ((kh, h), (kw, w)))
     if small and x.is_floating_point():
-        # NOTE: depthwise convolutions are fast over many small planes (a batch at 224 px) and slow over a few
-        # big ones (CPU), where shifted sums of short kernels win
-        few_big = x.numel() // (h * w) < 16 and h * w > (1 << 18)
-        if few_big and max(len(kh or ()), len(kw or ())) <= 15 and x.device.type == "cpu":
+        # NOTE: on the CPU, a few images at a time (see the engine's chunks) stay in cache and shifted sums of
+        # short kernels win; depthwise convolutions need many planes to be fast (and are on GPUs)
+        if x.device.type == "cpu" and max(len(kh or ()), len(kw or ())) <= 25:
             return _shifted_sums(x, kh, kw, mode)
         return _depthwise(x, kh, kw, mode)
     if kh is not None:

@@ -15,7 +15,8 @@ elastic_transform  random affine (3 points moved by up to       no affine; displ
                    (sigma, alpha in units of the side)          +-0.5% of the height
 frost              one of 5 pictures, cropped at their own      one of 6 pictures, always enlarged 1.1x
                    size                                         (bicubic) before cropping
-pixelate           box down, box up (PIL)                       box down, nearest up (PIL)
+pixelate           box down, box up (PIL; the same pixels as   box down, nearest up (PIL)
+                   nearest, except at ties)
 motion_blur        ImageMagick: rounded to the nearest level    NumPy kernel: truncated
 snow               flakes quantised to 8 bits before the blur,  blur in float; zoomed field blurred before
                    zoomed field trimmed to the image centre     its top-left crop
