@@ -21,6 +21,8 @@ MIN_SIDE = 32
 # float64 colour conversions). Spatter's row sweeps pay per call instead, so it takes more images at once.
 _CPU_CHUNK_PIXELS = 4 * 224 * 224
 _CPU_CHUNK_FACTOR = {"spatter": 8, "glass_blur": 1}
+# NOTE: these work image by image in C code (PIL, libjpeg) or on uint8: chunks only add copies
+_NO_CHUNKS = frozenset({"pixelate", "jpeg_compression", "frost", "impulse_noise"})
 
 # name -> fn(x float [0, 1], x uint8, severity, rng, recipe) -> 0-255 float (truncated by `corrupt`) or uint8
 _Fn = Callable[[torch.Tensor, torch.Tensor, int, ImageRNG, Recipe], torch.Tensor]
@@ -112,7 +114,7 @@ def corrupt(images: torch.Tensor, name: str, severity: int, *, seed: int | Seque
         keys = image_keys(batch, seed)
         b, _, h, w = batch.shape
         chunk = b
-        if batch.device.type == "cpu":
+        if batch.device.type == "cpu" and name not in _NO_CHUNKS:
             chunk = max(1, _CPU_CHUNK_FACTOR.get(name, 1) * _CPU_CHUNK_PIXELS // (h * w))
         parts = [_corrupt_chunk(batch[i:i + chunk], name, severity, keys[i:i + chunk], rc)
                  for i in range(0, b, chunk)]

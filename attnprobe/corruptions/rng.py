@@ -110,14 +110,20 @@ class ImageRNG:
     def __init__(self, keys: Sequence[int], device: torch.device | str) -> None:
         self.keys = list(keys)
         self.device = torch.device(device)
-        self._gens = []
-        for k in self.keys:
-            g = torch.Generator(device="cpu")
-            g.manual_seed(int(k) & _MASK64)
-            self._gens.append(g)
+        self._generators: list[torch.Generator] | None = None
+
+    @property
+    def _gens(self) -> list[torch.Generator]:
+        if self._generators is None:  # NOTE: made on first use; deterministic corruptions never draw
+            self._generators = []
+            for k in self.keys:
+                g = torch.Generator(device="cpu")
+                g.manual_seed(int(k) & _MASK64)
+                self._generators.append(g)
+        return self._generators
 
     def __len__(self) -> int:
-        return len(self._gens)
+        return len(self.keys)
 
     def _fill(self, shape: Sequence[int], dtype: torch.dtype, fill, device: str | None) -> torch.Tensor:  # noqa: ANN001
         target = self.device if device is None else torch.device(device)
