@@ -29,8 +29,8 @@ _EXPORTS = {
     "UserError": "attnprobe.errors",
     "corrupt": "attnprobe.corruptions",
 }
-_SUBMODULES = {"metrics", "robustness", "data", "report", "archs", "store", "zoo", "capture", "evaluate",
-               "evaluate_extra", "attacks", "diagnostics", "corruptions"}
+_SUBMODULES = {"metrics", "robustness", "data", "report", "archs", "store", "zoo", "capture", "engine",
+               "benchmarks", "attacks", "diagnostics", "segmentation", "corruptions"}
 
 __all__ = sorted(_EXPORTS) + sorted(_SUBMODULES)
 

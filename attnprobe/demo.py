@@ -23,7 +23,6 @@ A rerun reuses everything already stored (the store is resumable); ``fresh=True`
 from __future__ import annotations
 
 import html
-import json
 import math
 import shutil
 import time
@@ -39,6 +38,8 @@ from torch.utils.data import Dataset
 from attnprobe.data.images import ImageRecord, ImageSet
 from attnprobe.data.synthetic import SyntheticShapes, render_image
 from attnprobe.errors import UserError
+from attnprobe.jsonsafe import dumps
+from attnprobe.outdir import check_output_folder
 
 __all__ = ["DEMO_MODELS", "DemoConfig", "DemoResult", "QUICK_CORRUPTIONS", "SWEEP_MODELS", "SyntheticRecord",
            "run_demo", "synthetic_image_set"]
@@ -57,12 +58,21 @@ SEVERITIES = (1, 2, 3, 4, 5)
 Progress = Callable[[str, int, int], None]
 
 
+def default_demo_out() -> Path:
+    """Where `attnprobe demo` writes unless told: `reports/demo` of the attnprobe checkout (the committed demo report,
+    whichever folder the command runs from), or `./attnprobe-demo` when attnprobe is installed without a checkout."""
+    root = Path(__file__).resolve().parents[1]
+    if (root / "pyproject.toml").is_file() and (root / "reports").is_dir():
+        return root / "reports" / "demo"
+    return Path.cwd() / "attnprobe-demo"
+
+
 @dataclass
 class DemoConfig:
     """What the demo runs.
 
     Attributes:
-        out: report folder (the results store goes to ``out/results``).
+        out: report folder (the results store goes to ``out/results``); None: `default_demo_out()`.
         quick: reduced mode for tests and smoke checks (few images, three corruptions).
         models: zoo names of the demo models; the first is the baseline.
         diag_images: synthetic val images for stability, overfocusing and head similarity.
@@ -77,9 +87,11 @@ class DemoConfig:
         formats: figure formats.
         fresh: delete the previous results store first.
         sweep: also run the bundled K-sweep models (`SWEEP_MODELS`, for Fig. 7); never in quick mode.
+        segmentation: also evaluate the bundled tiny segmentation models (Table 4, Fig. 6; see
+            `attnprobe.segmentation.demo`) when they are bundled.
     """
 
-    out: str = "reports/demo"
+    out: str | None = None
     quick: bool = False
     models: Sequence[str] = DEMO_MODELS
     diag_images: int | None = None
@@ -93,6 +105,7 @@ class DemoConfig:
     formats: Sequence[str] = ("png",)
     fresh: bool = False
     sweep: bool = True
+    segmentation: bool = True
 
     def resolved(self) -> DemoConfig:
         """A copy with every None replaced by the default of the chosen mode."""
@@ -100,14 +113,15 @@ class DemoConfig:
 
         quick = self.quick
         return DemoConfig(
-            out=self.out, quick=quick, models=tuple(self.models),
+            out=str(self.out or default_demo_out()), quick=quick, models=tuple(self.models),
             diag_images=self.diag_images or (6 if quick else 64),
             bench_images=self.bench_images or (10 if quick else 300),
             clean_images=self.clean_images or (50 if quick else 1000),
             corruptions=tuple(self.corruptions or (QUICK_CORRUPTIONS if quick else benchmark_names())),
             keep_maps=self.keep_maps if self.keep_maps is not None else (2 if quick else 3),
             workers=0 if quick and self.workers == 2 else self.workers, threads=self.threads,
-            data_seed=self.data_seed, formats=tuple(self.formats), fresh=self.fresh, sweep=self.sweep and not quick)
+            data_seed=self.data_seed, formats=tuple(self.formats), fresh=self.fresh, sweep=self.sweep and not quick,
+            segmentation=self.segmentation)
 
 
 @dataclass
@@ -233,14 +247,14 @@ def run_demo(cfg: DemoConfig, progress: Progress | None = None) -> DemoResult:
     """Run the demo (see the module docstring) and build its report.
 
     Args:
-        cfg: what to run (`DemoConfig`; defaults: the full demo into ``reports/demo``).
+        cfg: what to run (`DemoConfig`; defaults: the full demo into `default_demo_out()`).
         progress: ``progress(stage, done, total)`` while it runs.
 
     Returns:
         Paths, timings and the key numbers (`DemoResult`).
     """
     from attnprobe import diagnostics as Dg
-    from attnprobe.evaluate import CellSpec, run_cells
+    from attnprobe.engine import CellSpec, run_cells
     from attnprobe.report import build_report
     from attnprobe.store import CellKey, ResultsStore
 
@@ -252,7 +266,7 @@ def run_demo(cfg: DemoConfig, progress: Progress | None = None) -> DemoResult:
         torch.set_num_threads(cfg.threads)
     t_start = time.monotonic()
     timings: dict[str, float] = {}
-    out = Path(cfg.out).expanduser()
+    out = check_output_folder(cfg.out)
     store_dir = out / "results"
     if cfg.fresh and store_dir.exists():
         shutil.rmtree(store_dir)
@@ -332,10 +346,18 @@ def run_demo(cfg: DemoConfig, progress: Progress | None = None) -> DemoResult:
             say("benchmark", mi + 1, len(loaded))
         t = lap("benchmark", t)
         summary = _summary(store, cfg, loaded)
+        # 4. Segmentation: the bundled tiny segmentation models (Table 4, supplementary Tables IV / V, Figs. 6, IV-VI)
+        from attnprobe.segmentation.demo import run_segmentation_demo, segmentation_demo_available
+
+        if cfg.segmentation and segmentation_demo_available():
+            summary["segmentation"] = run_segmentation_demo(store, store_dir, cfg.quick, say)
+            t = lap("segmentation", t)
 
     result = build_report(store_dir, out, baseline=_run_key(cfg.models[0]), ce_reference=_run_key(cfg.models[0]),
                           condition=STABILITY_CORRUPTION, severity=MAP_SEVERITY, formats=cfg.formats,
-                          title="attnprobe demo: tiny ViTs with TAP and ADL on synthetic shapes")
+                          title="attnprobe demo: tiny ViTs with TAP and ADL on synthetic shapes"
+                          + (" (and tiny segmentation models on synthetic streets)" if "segmentation" in summary
+                             else ""))
     t = lap("report", t)
     seconds = round(time.monotonic() - t_start, 1)
     summary["seconds"] = seconds
@@ -442,7 +464,7 @@ def _verdicts(summary: dict[str, Any]) -> list[str]:
 
 
 def _write_summary(out: Path, summary: dict[str, Any], cfg: DemoConfig) -> None:
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
+    (out / "summary.json").write_text(dumps(summary, default=str, indent=2) + "\n", encoding="utf-8")
     rows = summary["models"]
     lines = ["# attnprobe demo: key numbers", "",
              "Tiny ViTs (64 px, 8x8 tokens) trained by `attnprobe train` on the synthetic textured-shapes set; "
@@ -456,7 +478,16 @@ def _write_summary(out: Path, summary: dict[str, Any], cfg: DemoConfig) -> None:
                      f"{100 * r['mean_corruption_error']:.1f}% | {100 * r['mce_vs_baseline']:.1f}% | "
                      f"{r['stability_gaussian_noise_s3']:.3f} | {r['row_similarity']:.3f} | "
                      f"{r['head_similarity']:.3f} |")
-    lines += ["", *[f"- {v}" for v in _verdicts(summary)], "",
+    lines += ["", *[f"- {v}" for v in _verdicts(summary)]]
+    if summary.get("segmentation"):  # Table 4 on the tiny segmentation models (attnprobe.segmentation.demo)
+        lines += ["", "Segmentation (tiny FAN-Hybrid + SegFormer models on synthetic street scenes; mIoU over the "
+                  "classes present; Cityscapes-C: 16 corruptions at the official severities, generated on the fly; "
+                  "ACDC: the four conditions rendered on top):", "",
+                  "| model | clean | Cityscapes-C | ACDC |", "|---|---:|---:|---:|"]
+        for name, r in summary["segmentation"].items():
+            lines.append(f"| {name} | " + " | ".join("–" if r.get(t) is None else f"{100 * r[t]:.1f}%"
+                                                    for t in ("cityscapes", "cityscapes_c", "acdc")) + " |")
+    lines += ["",
               f"Runtime: {summary['seconds']:.0f} s ("
               + ", ".join(f"{k} {v:.0f} s" for k, v in summary["timings"].items()) + ")"
               + ("; results already in the store were reused (`attnprobe demo --fresh` recomputes everything)."

@@ -4,7 +4,7 @@
 
 Every rank runs the same command; `init_from_env()` reads torchrun's environment variables (RANK, WORLD_SIZE,
 LOCAL_RANK, MASTER_ADDR, MASTER_PORT). A plain `python -m attnprobe ...` is a world of one and touches nothing in
-torch.distributed. The evaluation loop (`attnprobe.evaluate`) shards each chunk of samples with `shard()` (no
+torch.distributed. The evaluation loop (`attnprobe.engine`) shards each chunk of samples with `shard()` (no
 duplicates, no padding), sums the counts of all ranks with `all_reduce_sum()`, and lets only rank 0 open the
 results store; the other ranks learn from rank 0 which chunks are done (`broadcast_object()`).
 """
@@ -30,6 +30,7 @@ __all__ = [
     "cleanup",
     "init_from_env",
     "is_main",
+    "resolve_device",
     "rank",
     "shard",
     "world_size",
@@ -69,12 +70,7 @@ def init_from_env(device: str | torch.device | None = None, backend: str | None 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank_ = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", str(rank_)))
-    if device is None:
-        dev = torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    else:
-        dev = torch.device(device)
-        if dev.type == "cuda" and dev.index is None:
-            dev = torch.device(f"cuda:{local_rank % max(torch.cuda.device_count(), 1)}")
+    dev = resolve_device(device, local_rank)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
@@ -83,6 +79,42 @@ def init_from_env(device: str | torch.device | None = None, backend: str | None 
     if dist.is_initialized():
         world, rank_ = dist.get_world_size(), dist.get_rank()
     return DistContext(rank=rank_, world_size=world, local_rank=local_rank, device=dev)
+
+
+def resolve_device(device: str | torch.device | None, local_rank: int = 0) -> torch.device:
+    """The device a `--device` value names, checked once, before any model or store is touched.
+
+    Args:
+        device: "cpu", "cuda", "cuda:N", "mps" (or a `torch.device`); None: the local rank's GPU when there is one,
+            else the CPU.
+        local_rank: this process's rank on its node; a bare "cuda" means GPU `local_rank` (modulo the GPU count).
+
+    Raises:
+        UserError: a string that names no device, or a device this machine does not have (one line with the fix).
+    """
+    from attnprobe.errors import UserError
+
+    if device is None:
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise UserError(f"unknown --device {str(device)!r}; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {device} asks for a CUDA GPU but this machine has none that torch can use; "
+                            "use --device cpu")
+        count = torch.cuda.device_count()
+        if dev.index is None:
+            return torch.device(f"cuda:{local_rank % max(count, 1)}")
+        if dev.index >= count:
+            raise UserError(f"--device {device}: this machine has {count} CUDA GPU(s) (cuda:0 to cuda:{count - 1})")
+        return dev
+    if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise UserError(f"--device {device}: Apple's MPS backend is not available here; use --device cpu")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"--device {device}: attnprobe runs on cpu, cuda or cuda:N (and mps), not {dev.type}")
+    return dev
 
 
 def cleanup() -> None:

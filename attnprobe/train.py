@@ -45,6 +45,8 @@ from torch import nn
 
 from attnprobe import distributed as D
 from attnprobe.errors import UserError
+from attnprobe.jsonsafe import dumps
+from attnprobe.outdir import check_output_folder
 
 __all__ = [
     "TrainConfig",
@@ -54,6 +56,7 @@ __all__ = [
     "evaluate_split",
     "install_model",
     "load_images",
+    "stored_config",
     "train",
     "write_card",
 ]
@@ -72,6 +75,9 @@ class TrainConfig:
 
     Attributes:
         arch: timm architecture name (the demo ViT by default; any model following the attention contract).
+        task: "classification", "segmentation" (a segmentation architecture, e.g.
+            ``segformer_tap_fan_base_16_p4_hybrid``: CE over pixels with ignore label 255 + lambda * ADL, on the
+            synthetic street scenes or a Cityscapes root), or "auto" (segmentation for segmentation architectures).
         tap: TAP branches K passed as the ``num_scales`` kwarg; None leaves the architecture's default.
         adl_weight: lambda of the ADL term (0 disables ADL).
         adl_tau: ADL threshold factor tau.
@@ -101,6 +107,7 @@ class TrainConfig:
     """
 
     arch: str = DEMO_ARCH
+    task: str = "auto"
     tap: int | None = None
     adl_weight: float = 0.0
     adl_tau: float = 2.0
@@ -129,7 +136,8 @@ class TrainConfig:
 
     def to_command(self) -> str:
         """The `attnprobe train` command that reproduces this run (options that differ from the defaults)."""
-        flags = {"arch": "--arch", "tap": "--tap", "adl_weight": "--adl-weight", "adl_tau": "--adl-tau",
+        flags = {"arch": "--arch", "task": "--task", "tap": "--tap", "adl_weight": "--adl-weight",
+                 "adl_tau": "--adl-tau",
                  "adl_variant": "--adl-variant", "data": "--data", "img_size": "--img-size",
                  "train_images": "--train-images", "val_images": "--val-images", "epochs": "--epochs",
                  "batch_size": "--batch-size", "lr": "--lr", "weight_decay": "--weight-decay",
@@ -172,6 +180,7 @@ class TrainResult:
     weights: str | None = None
     card: str | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    val_miou: float | None = None  # segmentation runs
 
 
 def default_run_name(arch: str, tap: int | None, adl_weight: float) -> str:
@@ -332,7 +341,7 @@ def _model_kwargs(cfg: TrainConfig, num_classes: int) -> dict[str, Any]:
     return kwargs
 
 
-def _build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
+def _build_model(cfg: TrainConfig, num_classes: int, kwargs: dict[str, Any] | None = None) -> nn.Module:
     import timm
 
     from attnprobe import zoo
@@ -341,7 +350,7 @@ def _build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
     if not timm.is_model(cfg.arch):
         raise UserError(f"unknown architecture {cfg.arch!r}; use a timm name such as {DEMO_ARCH} or "
                         "tap_fan_tiny_12_p16_224 (see `attnprobe models`)")
-    kwargs = _model_kwargs(cfg, num_classes)
+    kwargs = dict(kwargs) if kwargs is not None else _model_kwargs(cfg, num_classes)
     try:
         try:
             model = timm.create_model(cfg.arch, pretrained=False, **kwargs)
@@ -374,7 +383,7 @@ def _build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
 
 
 def _preprocessing(model: nn.Module, cfg: TrainConfig) -> dict[str, Any]:
-    from attnprobe.archs_demo import DEMO_MEAN, DEMO_STD
+    from attnprobe.archs.demo_vit import DEMO_MEAN, DEMO_STD
 
     pcfg = getattr(model, "pretrained_cfg", None) or {}
     mean = tuple(pcfg.get("mean", DEMO_MEAN)) if cfg.arch != DEMO_ARCH else DEMO_MEAN
@@ -465,6 +474,8 @@ def _toml_value(v: Any) -> str:
         return repr(v)
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):  # an inline table, e.g. a nested constructor argument
+        return "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items() if x is not None) + " }"
     if v is None:
         return '""'
     return json.dumps(str(v), ensure_ascii=False)  # a JSON string is a valid TOML basic string
@@ -484,7 +495,8 @@ def _title(cfg: TrainConfig, name: str) -> str:
     parts = [p for p, on in (("TAP", tap), ("ADL", adl)) if on]
     extra = ([f"K={cfg.tap}"] if tap and cfg.tap != 4 else []) + ([f"λ={cfg.adl_weight:g}"] if adl and
                                                                    cfg.adl_weight != 1 else [])
-    base = "Demo ViT" if cfg.arch == DEMO_ARCH else cfg.arch
+    base = ("Demo ViT" if cfg.arch == DEMO_ARCH else "Demo FAN-Seg" if cfg.task == "segmentation" and cfg.data is None
+            else cfg.arch)
     label = "+" + " & ".join(parts) if parts else "baseline"
     return f"{base} ({label}{', ' + ', '.join(extra) if extra else ''})"
 
@@ -496,8 +508,9 @@ def _method(card: dict[str, Any]) -> str:
 
 
 def write_card(path: Path, cfg: TrainConfig, name: str, weights_file: str, sha256: str, kwargs: dict[str, Any],
-               pre: dict[str, Any], classes: Sequence[str], metrics: dict[str, Any], world_size: int = 1) -> None:
-    """Write a zoo model card (TOML) for a trained model."""
+               pre: dict[str, Any], classes: Sequence[str], metrics: dict[str, Any], world_size: int = 1,
+               extra: dict[str, Any] | None = None) -> None:
+    """Write a zoo model card (TOML) for a trained model (`extra`: the task's own fields, e.g. `[segmentation]`)."""
     card = {
         "name": name,
         "title": _title(cfg, name),
@@ -522,6 +535,7 @@ def write_card(path: Path, cfg: TrainConfig, name: str, weights_file: str, sha25
                      "torch": torch.__version__},
         "results": metrics,
     }
+    card.update(extra or {})
     card["method"] = _method(card)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(_toml(card), encoding="utf-8")
@@ -564,20 +578,77 @@ def install_model(run_dir: str | Path, models_dir: str | Path, subdir: str = "de
     save_file(state, str(dest), metadata={"name": name})
     os.chmod(dest, 0o644)
     card["checkpoint"] = {"file": f"{subdir}/{name}.safetensors", "sha256": file_sha256(dest)}
-    ckpt = run_dir / CHECKPOINT
-    if ckpt.is_file():  # the canonical command, whatever command line or script started the run
-        config = torch.load(ckpt, map_location="cpu", weights_only=False)["config"]
-        known = {f.name for f in dataclasses.fields(TrainConfig)}
-        run_cfg = TrainConfig(**{k: v for k, v in config.items() if k in known})
+    if (run_dir / CHECKPOINT).is_file():  # the canonical command, whatever command line or script started the run
+        run_cfg = stored_config(run_dir)
         card.setdefault("training", {})["command"] = run_cfg.to_command()
         card["title"] = card["label"] = _title(run_cfg, name)
         card["training"].setdefault("world_size", 1)
-        card["training"].setdefault("threads", config.get("threads") or 0)
+        card["training"].setdefault("threads", run_cfg.threads or 0)
     card.setdefault("label", card.get("title", name))
     card.setdefault("method", _method(card))
     out = models_dir / f"{name}.toml"
     out.write_text(_toml(card), encoding="utf-8")
     return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Tasks: what differs between classification and segmentation (data, batches, loss, validation, card)
+# --------------------------------------------------------------------------------------------------------------
+
+
+class _ClassificationTask:
+    """Image classification: the synthetic shapes or an ImageFolder, CE with label smoothing, top-1 accuracy."""
+
+    kind = "classification"
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        self.train_ds, self.val_ds = load_images(cfg)
+        self.classes = self.train_ds.classes
+
+    def model_kwargs(self) -> dict[str, Any]:
+        return _model_kwargs(self.cfg, len(self.classes))
+
+    def build(self) -> nn.Module:
+        return _build_model(self.cfg, len(self.classes))
+
+    def preprocessing(self, model: nn.Module) -> dict[str, Any]:
+        return _preprocessing(model, self.cfg)
+
+    def batch(self, idx: Sequence[int], gen: torch.Generator, pre: dict[str, Any], device: torch.device
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        ds = self.train_ds
+        x = torch.stack([ds[i][0] for i in idx]) if ds.images is None else ds.images[idx]
+        y = torch.tensor([ds.targets[i] for i in idx]).to(device)
+        return _normalize(_augment(x.float() / 255.0, gen), pre["mean"], pre["std"]).to(device), y
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, y, label_smoothing=self.cfg.label_smoothing)
+
+    def evaluate(self, model: nn.Module, pre: dict[str, Any], device: torch.device) -> dict[str, float]:
+        return evaluate_split(model, self.val_ds, pre, self.cfg.adl_tau, self.cfg.adl_variant, device=device)
+
+    def card_fields(self) -> dict[str, Any]:
+        return {}
+
+
+def resolve_task(cfg: TrainConfig) -> TrainConfig:
+    """`cfg` with `task` decided: "auto" becomes "segmentation" for a segmentation architecture."""
+    if cfg.task not in ("auto", "classification", "segmentation"):
+        raise UserError(f"unknown task {cfg.task!r}; choose one of: auto, classification, segmentation")
+    if cfg.task != "auto":
+        return cfg
+    from attnprobe.segmentation.training import is_segmentation_arch
+
+    return dataclasses.replace(cfg, task="segmentation" if is_segmentation_arch(cfg.arch) else "classification")
+
+
+def _make_task(cfg: TrainConfig) -> Any:
+    if cfg.task == "segmentation":
+        from attnprobe.segmentation.training import SegmentationTask
+
+        return SegmentationTask(cfg)
+    return _ClassificationTask(cfg)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -605,6 +676,10 @@ def _check_config(cfg: TrainConfig) -> None:
         raise UserError(f"--tap K must be >= 0 (0 or 1: no TAP), got {cfg.tap}")
     if cfg.adl_variant not in ("official", "paper"):
         raise UserError(f"unknown ADL variant {cfg.adl_variant!r}; choose one of: official, paper")
+    if cfg.init and not Path(cfg.init).expanduser().is_file():
+        raise UserError(f"--init {cfg.init}: no such file; pass the checkpoint to fine-tune from")
+    if cfg.save_every < 0:
+        raise UserError(f"--save-every must be >= 0 (0: only at the end of each epoch), got {cfg.save_every}")
     if cfg.img_size % 8:
         raise UserError(f"--img-size must be a multiple of 8, got {cfg.img_size}")
 
@@ -615,8 +690,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: Callable[[dict[str, 
 
     Args:
         cfg: the run's configuration.
-        resume: continue the run in ``cfg.out`` from its checkpoint (a finished run is returned as is). Without it,
-            a folder that already holds a run is refused, so no run is ever overwritten.
+        resume: continue the run in ``cfg.out`` from its checkpoint (a finished run is returned as is); a folder
+            without a checkpoint is refused. Without it, a folder that already holds a run is refused, so no run is
+            ever overwritten. `stored_config` reads the settings of a run to resume.
         progress: called with a dict after every optimizer step (``kind="step"``) and epoch (``kind="epoch"``).
         stop_after_steps: stop (after checkpointing) once this many optimizer steps of the run are done, as if
             interrupted; for tests and time-boxed jobs.
@@ -624,161 +700,251 @@ def train(cfg: TrainConfig, resume: bool = False, progress: Callable[[dict[str, 
     Returns:
         The run's result; ``finished`` is False when it stopped early.
     """
-    from attnprobe.archs.adl import adl_loss
-
     _check_config(cfg)
+    cfg = resolve_task(cfg)
+    check_output_folder(cfg.out)
     ctx = D.init_from_env(device=cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out).expanduser()
-    name = cfg.name or default_run_name(cfg.arch, cfg.tap, cfg.adl_weight)
-    ckpt_path = out / CHECKPOINT
-    state: dict[str, Any] | None = None
-    if ckpt_path.exists():
-        if not resume:
-            raise UserError(f"{out} already holds a training run; pass --resume to continue it, or choose another "
-                            "--out")
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        old = state["config"]
-        diff = {k: (old.get(k), v) for k, v in cfg.identity().items() if old.get(k) != v}
-        if diff:
-            first = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(diff.items())[:3])
-            raise UserError(f"--resume with different settings than the run in {out} ({first}); use the original "
-                            "options or another --out")
+    state = _saved_state(cfg, out, resume)
+    trainer = _Trainer(cfg, ctx, out, progress, stop_after_steps)  # reads data and --init: bad input fails here
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
-
-    train_ds, val_ds = load_images(cfg)
-    num_classes = len(train_ds.classes)
-    torch.manual_seed(cfg.seed)
-    model = _build_model(cfg, num_classes).to(ctx.device)
-    pre = _preprocessing(model, cfg)
-    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
-    steps_per_epoch = len(train_ds) // cfg.batch_size
-    if steps_per_epoch < 1:
-        raise UserError(f"the training set has {len(train_ds)} images, fewer than one batch of {cfg.batch_size}; "
-                        "lower --batch-size")
-    total = steps_per_epoch * cfg.epochs
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, int(cfg.warmup_epochs * steps_per_epoch)))
-    history: list[dict[str, Any]] = []
-    epoch, step_in_epoch, elapsed = 0, 0, 0.0
-    sums = torch.zeros(4, dtype=torch.float64)
-    resumed_sums: torch.Tensor | None = None
     if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
-        if state.get("cuda_rng") is not None and ctx.device.type == "cuda":
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        epoch, step_in_epoch = state["epoch"], state["step_in_epoch"]
-        history, elapsed = state["history"], state["seconds"]
-        if step_in_epoch > 0 and "epoch_sums" in state and ctx.world_size == 1:  # the sums are rank 0's
-            resumed_sums = state["epoch_sums"]
-
-    ddp = model
-    if ctx.distributed:
-        ddp = nn.parallel.DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda"
-                                                  else None)
-    recorder = AttentionRecorder(model) if cfg.adl_weight > 0 else None
-    if recorder is not None:
-        recorder.__enter__()
-
-    def save() -> None:
-        if ctx.is_main:
-            _atomic_save({"config": asdict(cfg), "model": model.state_dict(), "optimizer": opt.state_dict(),
-                          "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state(),
-                          "cuda_rng": torch.cuda.get_rng_state_all() if ctx.device.type == "cuda" else None,
-                          "epoch": epoch,
-                          "step_in_epoch": step_in_epoch, "history": history, "epoch_sums": sums.clone(),
-                          "seconds": elapsed + time.monotonic() - t0}, ckpt_path)
-        D.barrier()
-
-    t0 = time.monotonic()
-    stopped = False
-    try:
-        while epoch < cfg.epochs and not stopped:
-            model.train()
-            batches = _epoch_batches(len(train_ds), cfg.batch_size, cfg.seed, epoch)
-            if resumed_sums is not None:
-                sums, resumed_sums = resumed_sums, None
-            else:
-                sums = torch.zeros(4, dtype=torch.float64)  # loss, ce, adl, samples of this epoch (this rank)
-            for step in range(step_in_epoch, steps_per_epoch):
-                idx = batches[step][ctx.rank::ctx.world_size]
-                x = torch.stack([train_ds[i][0] for i in idx]) if train_ds.images is None else train_ds.images[idx]
-                y = torch.tensor([train_ds.targets[i] for i in idx])
-                gen = torch.Generator().manual_seed(((cfg.seed * 1009 + epoch) * 100_003 + step) * 257 + ctx.rank)
-                x = _normalize(_augment(x.float() / 255.0, gen), pre["mean"], pre["std"]).to(ctx.device)
-                y = y.to(ctx.device)
-                logits = ddp(x)
-                ce = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-                if recorder is not None:
-                    adl = adl_loss(recorder.pop(), cfg.adl_tau, cfg.adl_variant)
-                    loss = ce + cfg.adl_weight * adl
-                else:
-                    adl, loss = torch.zeros(()), ce
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                sums += torch.tensor([loss.item() * len(idx), ce.item() * len(idx), adl.item() * len(idx), len(idx)],
-                                     dtype=torch.float64)
-                step_in_epoch = step + 1
-                global_step = epoch * steps_per_epoch + step_in_epoch
-                if progress is not None and ctx.is_main:
-                    progress({"kind": "step", "epoch": epoch, "step": step_in_epoch, "steps": steps_per_epoch,
-                              "global_step": global_step, "total_steps": total, "loss": loss.item()})
-                if stop_after_steps is not None and global_step >= stop_after_steps:
-                    stopped = True
-                if cfg.save_every and global_step % cfg.save_every == 0 and step_in_epoch < steps_per_epoch:
-                    save()
-                if stopped:
-                    break
-            if stopped and step_in_epoch < steps_per_epoch:
-                save()
+        trainer.restore(state)
+    with trainer.recording():
+        while trainer.epoch < cfg.epochs and not trainer.stopped:
+            if not trainer.run_epoch():
                 break
-            sums = D.all_reduce_sum(sums)
-            val = evaluate_split(model, val_ds, pre, cfg.adl_tau, cfg.adl_variant, device=ctx.device)
-            if recorder is not None:
-                recorder.pop()  # drop the maps the evaluation left in the training recorder
-            n = max(sums[3].item(), 1.0)
-            record = {"epoch": epoch + 1, "train_loss": sums[0].item() / n, "train_ce": sums[1].item() / n,
-                      "train_adl": sums[2].item() / n if cfg.adl_weight > 0 else float("nan"),
-                      "val_loss": val["loss"], "val_accuracy": val["accuracy"], "val_adl": val["adl"],
-                      "lr": opt.param_groups[0]["lr"], "seconds": round(elapsed + time.monotonic() - t0, 1)}
-            history.append(record)
-            epoch, step_in_epoch = epoch + 1, 0
-            save()
-            if ctx.is_main:
-                with open(out / LOG, "a", encoding="utf-8") as f:
-                    f.write(json.dumps(record) + "\n")
-            if progress is not None and ctx.is_main:
-                progress({"kind": "epoch", **record})
-    finally:
-        if recorder is not None:
-            recorder.__exit__(None, None, None)
+            trainer.end_epoch()
+    return trainer.result()
 
-    seconds = elapsed + time.monotonic() - t0
-    last = history[-1] if history else {}
-    result = TrainResult(name=name, out=str(out), finished=epoch >= cfg.epochs, epoch=epoch,
-                         step=epoch * steps_per_epoch + step_in_epoch,
-                         val_accuracy=last.get("val_accuracy", float("nan")),
-                         val_loss=last.get("val_loss", float("nan")), val_adl=last.get("val_adl", float("nan")),
-                         train_loss=last.get("train_loss", float("nan")), train_ce=last.get("train_ce", float("nan")),
-                         train_adl=last.get("train_adl", float("nan")), seconds=round(seconds, 1), history=history)
-    if result.finished:
-        weights = out / f"{name}.safetensors"
-        card = out / f"{name}.toml"
-        if ctx.is_main and not (weights.exists() and card.exists()):
-            _finish(model, cfg, name, out, pre, train_ds.classes, result, ctx.world_size)
+
+def _saved_state(cfg: TrainConfig, out: Path, resume: bool) -> dict[str, Any] | None:
+    """The checkpoint of the run in ``out`` when resuming it (its settings must match ``cfg``), else None."""
+    ckpt_path = out / CHECKPOINT
+    if not ckpt_path.exists():
+        if resume:
+            raise UserError(_nothing_to_resume(out))
+        return None
+    if not resume:
+        raise UserError(f"{out} already holds a training run; pass --resume to continue it, or choose another --out")
+    state = _read_checkpoint(ckpt_path)
+    old = state["config"]
+    diff = {k: (old.get(k), v) for k, v in cfg.identity().items() if old.get(k) != v}
+    if diff:
+        first = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(diff.items())[:3])
+        raise UserError(f"--resume with different settings than the run in {out} ({first}); use the original "
+                        "options or another --out")
+    return state
+
+
+def _nothing_to_resume(out: Path) -> str:
+    what = ("does not exist" if not out.exists() else "is a file, not a run folder" if not out.is_dir()
+            else f"holds no {CHECKPOINT}")
+    return (f"nothing to resume: {out} {what}; check --out, or start the run without --resume")
+
+
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    """A training checkpoint written by `_Trainer.save` (a one-line error for anything else)."""
+    try:
+        # NOTE: mmap: reading the config of a large run does not load its weights and optimizer state
+        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign file fails in many ways inside torch
+        raise UserError(f"cannot read {path} ({type(e).__name__}); it is not a complete checkpoint of "
+                        f"`attnprobe train`; restore it or start a new run in another --out") from None
+    if not isinstance(state, dict) or not isinstance(state.get("config"), dict) or "model" not in state:
+        raise UserError(f"{path} is not a checkpoint of `attnprobe train`; choose another --out")
+    return state
+
+
+def stored_config(out: str | Path) -> TrainConfig:
+    """The configuration of the run in ``out``, read from its checkpoint (what ``train --resume`` reuses).
+
+    Raises:
+        UserError: ``out`` holds no run, or an unreadable checkpoint.
+    """
+    out = Path(out).expanduser()
+    path = out / CHECKPOINT
+    if not path.is_file():
+        raise UserError(_nothing_to_resume(out))
+    saved = _read_checkpoint(path)["config"]
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in saved.items() if k in known})
+
+
+class _Trainer:
+    """One training run: model, optimizer, schedule and position, advanced an epoch at a time."""
+
+    def __init__(self, cfg: TrainConfig, ctx: Any, out: Path, progress: Callable[[dict[str, Any]], None] | None,
+                 stop_after_steps: int | None) -> None:
+        self.cfg, self.ctx, self.out = cfg, ctx, out
+        self.progress, self.stop_after_steps = progress, stop_after_steps
+        self.name = cfg.name or default_run_name(cfg.arch, cfg.tap, cfg.adl_weight)
+        self.task = _make_task(cfg)
+        self.train_ds, self.val_ds = self.task.train_ds, self.task.val_ds
+        torch.manual_seed(cfg.seed)
+        self.model = self.task.build().to(ctx.device)
+        self.pre = self.task.preprocessing(self.model)
+        self.opt = torch.optim.AdamW(_param_groups(self.model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
+        self.steps_per_epoch = len(self.train_ds) // cfg.batch_size
+        if self.steps_per_epoch < 1:
+            raise UserError(f"the training set has {len(self.train_ds)} images, fewer than one batch of "
+                            f"{cfg.batch_size}; lower --batch-size")
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, _lr_lambda(self.total_steps, int(cfg.warmup_epochs * self.steps_per_epoch)))
+        self.history: list[dict[str, Any]] = []
+        self.epoch, self.step_in_epoch, self.elapsed = 0, 0, 0.0
+        self.sums = torch.zeros(4, dtype=torch.float64)  # loss, ce, adl, samples of this epoch (this rank)
+        self._resumed_sums: torch.Tensor | None = None
+        self._ddp: nn.Module | None = None
+        self.recorder = AttentionRecorder(self.model) if cfg.adl_weight > 0 else None
+        self.stopped = False  # `stop_after_steps` was reached
+        self.t0 = time.monotonic()
+
+    # -- state ---------------------------------------------------------------------------------------------------
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from a checkpoint written by `save` (bit-identical continuation on the same machine)."""
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and self.ctx.device.type == "cuda":
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
+        self.history, self.elapsed = state["history"], state["seconds"]
+        if self.step_in_epoch > 0 and "epoch_sums" in state and self.ctx.world_size == 1:  # the sums are rank 0's
+            self._resumed_sums = state["epoch_sums"]
+
+    def save(self) -> None:
+        """Atomically replace the run's checkpoint (rank 0), then wait for every rank."""
+        if self.ctx.is_main:
+            cuda = self.ctx.device.type == "cuda"
+            _atomic_save({"config": asdict(self.cfg), "model": self.model.state_dict(),
+                          "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                          "torch_rng": torch.get_rng_state(),
+                          "cuda_rng": torch.cuda.get_rng_state_all() if cuda else None, "epoch": self.epoch,
+                          "step_in_epoch": self.step_in_epoch, "history": self.history,
+                          "epoch_sums": self.sums.clone(), "seconds": self.seconds()}, self.out / CHECKPOINT)
         D.barrier()
-        result.weights, result.card = str(weights), str(card)
-    return result
+
+    def seconds(self) -> float:
+        return self.elapsed + time.monotonic() - self.t0
+
+    @contextmanager
+    def recording(self) -> Iterator[None]:
+        """Keep the attention maps of every forward pass while training with ADL."""
+        if self.recorder is None:
+            yield
+            return
+        with self.recorder:
+            yield
+
+    @property
+    def ddp(self) -> nn.Module:
+        """The model as trained: wrapped in DDP under torchrun (created after `restore`, so every rank starts from
+        the checkpoint's weights)."""
+        if self._ddp is None:
+            self._ddp = self.model
+            if self.ctx.distributed:
+                dev = self.ctx.device
+                self._ddp = nn.parallel.DistributedDataParallel(
+                    self.model, device_ids=[dev.index] if dev.type == "cuda" else None)
+        return self._ddp
+
+    # -- one epoch -----------------------------------------------------------------------------------------------
+    def run_epoch(self) -> bool:
+        """Train the rest of the current epoch; False if the run was stopped early (after a checkpoint)."""
+        self.model.train()
+        batches = _epoch_batches(len(self.train_ds), self.cfg.batch_size, self.cfg.seed, self.epoch)
+        if self._resumed_sums is not None:
+            self.sums, self._resumed_sums = self._resumed_sums, None
+        else:
+            self.sums = torch.zeros(4, dtype=torch.float64)
+        for step in range(self.step_in_epoch, self.steps_per_epoch):
+            loss = self._step(batches[step], step)
+            self.step_in_epoch = step + 1
+            global_step = self.epoch * self.steps_per_epoch + self.step_in_epoch
+            if self.progress is not None and self.ctx.is_main:
+                self.progress({"kind": "step", "epoch": self.epoch, "step": self.step_in_epoch,
+                               "steps": self.steps_per_epoch, "global_step": global_step,
+                               "total_steps": self.total_steps, "loss": loss})
+            self.stopped = self.stop_after_steps is not None and global_step >= self.stop_after_steps
+            if self.stopped and self.step_in_epoch < self.steps_per_epoch:
+                self.save()
+                return False
+            if (self.cfg.save_every and global_step % self.cfg.save_every == 0
+                    and self.step_in_epoch < self.steps_per_epoch):
+                self.save()
+        return True
+
+    def _step(self, batch: list[int], step: int) -> float:
+        """One optimizer step on this rank's share of a global batch; returns the loss."""
+        from attnprobe.archs.adl import adl_loss
+
+        cfg, ctx = self.cfg, self.ctx
+        idx = batch[ctx.rank::ctx.world_size]
+        gen = torch.Generator().manual_seed(((cfg.seed * 1009 + self.epoch) * 100_003 + step) * 257 + ctx.rank)
+        x, y = self.task.batch(idx, gen, self.pre, ctx.device)
+        ce = self.task.loss(self.ddp(x), y)
+        if self.recorder is not None:
+            adl = adl_loss(self.recorder.pop(), cfg.adl_tau, cfg.adl_variant)
+            loss = ce + cfg.adl_weight * adl
+        else:
+            adl, loss = torch.zeros(()), ce
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.sched.step()
+        self.sums += torch.tensor([loss.item() * len(idx), ce.item() * len(idx), adl.item() * len(idx), len(idx)],
+                                  dtype=torch.float64)
+        return loss.item()
+
+    def end_epoch(self) -> None:
+        """Evaluate on the validation split, log the epoch, checkpoint."""
+        sums = D.all_reduce_sum(self.sums)
+        val = self.task.evaluate(self.model, self.pre, self.ctx.device)
+        if self.recorder is not None:
+            self.recorder.pop()  # drop the maps the evaluation left in the training recorder
+        n = max(sums[3].item(), 1.0)
+        record = {"epoch": self.epoch + 1, "train_loss": sums[0].item() / n, "train_ce": sums[1].item() / n,
+                  "train_adl": sums[2].item() / n if self.cfg.adl_weight > 0 else float("nan"),
+                  "val_loss": val["loss"], "val_accuracy": val["accuracy"],
+                  **({"val_miou": val["miou"]} if "miou" in val else {}), "val_adl": val["adl"],
+                  "lr": self.opt.param_groups[0]["lr"], "seconds": round(self.seconds(), 1)}
+        self.history.append(record)
+        self.epoch, self.step_in_epoch = self.epoch + 1, 0
+        self.save()
+        if self.ctx.is_main:
+            with open(self.out / LOG, "a", encoding="utf-8") as f:
+                f.write(dumps(record) + "\n")  # strict JSON: no NaN (train_adl without ADL is null)
+        if self.progress is not None and self.ctx.is_main:
+            self.progress({"kind": "epoch", **record})
+
+    # -- the end -------------------------------------------------------------------------------------------------
+    def result(self) -> TrainResult:
+        """The run's result; a finished run also gets its weights file and model card (written once)."""
+        last = self.history[-1] if self.history else {}
+        nan = float("nan")
+        result = TrainResult(name=self.name, out=str(self.out), finished=self.epoch >= self.cfg.epochs,
+                             epoch=self.epoch, step=self.epoch * self.steps_per_epoch + self.step_in_epoch,
+                             val_accuracy=last.get("val_accuracy", nan), val_loss=last.get("val_loss", nan),
+                             val_adl=last.get("val_adl", nan), train_loss=last.get("train_loss", nan),
+                             train_ce=last.get("train_ce", nan), train_adl=last.get("train_adl", nan),
+                             seconds=round(self.seconds(), 1), history=self.history, val_miou=last.get("val_miou"))
+        if result.finished:
+            weights, card = self.out / f"{self.name}.safetensors", self.out / f"{self.name}.toml"
+            if self.ctx.is_main and not (weights.exists() and card.exists()):
+                _finish(self.model, self.task, self.name, self.out, self.pre, result, self.ctx.world_size)
+            D.barrier()
+            result.weights, result.card = str(weights), str(card)
+        return result
 
 
-def _finish(model: nn.Module, cfg: TrainConfig, name: str, out: Path, pre: dict[str, Any], classes: Sequence[str],
-            result: TrainResult, world_size: int = 1) -> None:
+def _finish(model: nn.Module, task: Any, name: str, out: Path, pre: dict[str, Any], result: TrainResult,
+            world_size: int = 1) -> None:
     from safetensors.torch import save_file
 
     from attnprobe.checkpoints import file_sha256
@@ -788,9 +954,9 @@ def _finish(model: nn.Module, cfg: TrainConfig, name: str, out: Path, pre: dict[
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp),
               metadata={"name": name})
     os.replace(tmp, weights)
-    kwargs = _model_kwargs(cfg, len(classes))
     metrics = {"val_accuracy": round(result.val_accuracy, 4), "val_loss": round(result.val_loss, 4),
+               **({"val_miou": round(result.val_miou, 4)} if result.val_miou is not None else {}),
                "val_adl": round(result.val_adl, 4), "train_loss": round(result.train_loss, 4),
                "train_seconds": result.seconds}
-    write_card(out / f"{name}.toml", cfg, name, weights.name, file_sha256(weights), kwargs, pre, classes, metrics,
-               world_size)
+    write_card(out / f"{name}.toml", task.cfg, name, weights.name, file_sha256(weights), task.model_kwargs(), pre,
+               task.classes, metrics, world_size, extra=task.card_fields())

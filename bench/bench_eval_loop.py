@@ -4,7 +4,7 @@
     python bench/bench_eval_loop.py --model resnet50 --n 4096 --batch-size 256 --device cuda
 
 Both loops read the same in-memory, already decoded images through a DataLoader with the same settings
-(`attnprobe.evaluate.loader_settings`), run the same model under `torch.inference_mode`, and count top-1 hits.
+(`attnprobe.engine.loader_settings`), run the same model under `torch.inference_mode`, and count top-1 hits.
 Ours (`run_cells`) adds everything a real run does: chunk planning, the results store (one SQLite transaction per
 chunk), unreadable-sample flags, per-chunk host sync and all-reduce hook, progress events. The two loops are
 interleaved (plain, ours, plain, ours, ...) so drifting clocks or neighbours hit both. Reported: the best and the
@@ -46,7 +46,7 @@ def sync(device: torch.device) -> None:
 def plain_loop(model: torch.nn.Module, ds: Dataset, batch_size: int, device: torch.device,
                workers: int) -> tuple[float, float]:
     """(images/s wall clock, images per CPU-second of this process)."""
-    from attnprobe.evaluate import loader_settings
+    from attnprobe.engine import loader_settings
 
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, **loader_settings(device, workers))
     sync(device)
@@ -63,7 +63,7 @@ def plain_loop(model: torch.nn.Module, ds: Dataset, batch_size: int, device: tor
 
 def our_loop(model: torch.nn.Module, ds: Dataset, batch_size: int, device: torch.device, workers: int,
              store_dir: str) -> tuple[float, float]:
-    from attnprobe.evaluate import CellSpec, run_cells
+    from attnprobe.engine import CellSpec, run_cells
     from attnprobe.store import CellKey, ResultsStore
 
     key = CellKey("bench", "random-init", "bench", "decoded", "none", "clean", 0)

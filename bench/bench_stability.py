@@ -18,7 +18,8 @@ kept maps or per-image tensors would grow with the number of images; ours holds 
 script re-executes itself with `MALLOC_MMAP_THRESHOLD_=131072` so that glibc returns large freed blocks to the OS
 (its default adaptive threshold keeps them in the heap, which shows up as RSS creep unrelated to the program).
 
-The model is FAN-B-Hybrid (`attnprobe.create_model("fan_b")`, random weights: the cost does not depend on them).
+The model is FAN-B-Hybrid (`attnprobe.create_model("fan_b", pretrained=False)`, random weights: the cost does not
+depend on them).
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ def build_model(name: str) -> tuple[torch.nn.Module, str]:
 
     torch.manual_seed(0)
     try:
-        return attnprobe.create_model(name), name
+        return attnprobe.create_model(name, pretrained=False), name
     except Exception as e:  # noqa: BLE001 - fall back as the issue allows, and say so
         print(f"could not build {name} ({e}); falling back to timm vit_base_patch16_224", file=sys.stderr)
         import timm

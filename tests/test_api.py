@@ -36,7 +36,22 @@ def test_top_level_api_reproduces_an_official_fixture() -> None:
 
 def test_create_model_official_and_zoo_names_agree() -> None:
     torch.manual_seed(0)
-    a = attnprobe.create_model("tap_fan_tiny_8_p4_hybrid", num_scales=4)
-    b = attnprobe.create_model("fan_t")
+    a = attnprobe.create_model("tap_fan_tiny_8_p4_hybrid", num_scales=4, pretrained=False)
+    b = attnprobe.create_model("fan_t", pretrained=False)
     assert not a.training and not b.training
     assert sum(p.numel() for p in a.parameters()) > sum(p.numel() for p in b.parameters())
+
+
+def test_readme_python_api_block_runs_as_written(tmp_path, monkeypatch) -> None:
+    """The README's Python API section is a guide a user copies: its code block must run unchanged, offline."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Python API"):]
+    section = section[:section.index("\n## ", 1)]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert blocks, "the Python API section has no ```python block"
+    monkeypatch.chdir(tmp_path)
+    for block in blocks:
+        exec(compile(block, "README.md (Python API)", "exec"), {"__name__": "readme"})

@@ -196,3 +196,87 @@ def test_class_attention_only_model_explains_itself() -> None:
     assert len(cap.cls_maps) == 2
     with pytest.raises(RuntimeError, match="only class attention"):
         _ = cap.maps
+
+
+# -- kinds, layouts and the safety nets of the softmax-level capture ------------------------------------------------
+class _AlwaysFused(nn.Module):
+    """Has a `fused_attn` flag but ignores it: only the scaled_dot_product_attention safety net can see its map."""
+
+    def __init__(self, dim: int = 8, heads: int = 2) -> None:
+        super().__init__()
+        self.fused_attn, self.num_heads = True, heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.bias = nn.Parameter(torch.randn(heads, 5, 5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=self.bias)
+        return out.transpose(1, 2).reshape(B, N, C)
+
+
+def test_fused_call_without_flag_still_yields_the_map() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(_AlwaysFused()).eval()
+    x = torch.randn(3, 5, 8)
+    with torch.no_grad():
+        ref = model(x)
+        with AttentionCapture(model) as cap:
+            out = model(x)
+        q, k, _ = model[0].qkv(x).reshape(3, 5, 3, 2, -1).permute(2, 0, 3, 1, 4)
+        manual = ((q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5 + model[0].bias).softmax(-1)
+    assert torch.equal(out, ref)  # the fused call itself is untouched
+    torch.testing.assert_close(cap.maps[0], manual, atol=1e-6, rtol=0)
+    assert cap.kinds == ["token"]
+
+
+def test_pvt_spatial_reduction_maps_are_token_attention_not_class() -> None:
+    model = _tiny("pvt_v2_b0")
+    with torch.no_grad(), AttentionCapture(model) as cap:
+        model(torch.randn(2, 3, 64, 64))
+    assert len(cap.maps) == 8 and cap.cls_maps == []  # all 8 maps of PVT-v2-b0 (issue 12: only 2 were found)
+    assert cap.kinds == ["reduced"] * 6 + ["token"] * 2
+    assert [tuple(a.shape[-2:]) for a in cap.maps[::2]] == [(256, 4), (64, 4), (16, 4), (4, 4)]
+    _check_rows(cap.maps)
+
+
+def test_twins_grouped_windows_are_standard_shaped() -> None:
+    model = _tiny("twins_svt_small", depths=(2, 2, 2, 2), embed_dims=(16, 32, 64, 128), num_heads=(1, 2, 4, 8))
+    with torch.no_grad(), AttentionCapture(model) as cap:
+        model(torch.randn(2, 3, 64, 64))
+    assert all(a.ndim == 4 for a in cap.maps)  # the locally-grouped maps were 5-D (B, windows, H, n, n)
+    assert cap.kinds[:2] == ["window", "reduced"] and cap.windows[0] == 9  # 16 x 16 tokens padded to 3 x 3 windows
+    assert cap.per_image(0).shape == (2, 9, 1, 49, 49)
+    _check_rows(cap.maps)
+
+
+def test_records_keep_the_order_of_computation_across_lists() -> None:
+    model = _tiny("crossvit_tiny_240", img_size=48, img_scale=(1.0, 1.0))
+    with torch.no_grad(), AttentionCapture(model) as cap:
+        model(torch.randn(1, 3, 48, 48))
+    kinds = [r.kind for r in cap.records]
+    assert kinds.count("cross") == len(cap.cls_maps) == 6 and kinds.count("token") == len(cap.maps)
+    assert kinds.index("cross") < len(kinds) - kinds[::-1].index("token") - 1  # interleaved, not appended
+    assert [r.index for r in cap.records if r.kind == "cross"] == list(range(6))
+    assert all(a.shape[-2] == 1 for a in cap.cls_maps)  # one class token queries the other branch
+
+
+def test_excluded_softmaxes_are_listed_and_explained() -> None:
+    from attnprobe.capture import find_excluded_attention, no_token_attention_message
+
+    model = _tiny("xcit_nano_12_p16_224", img_size=32, depth=2)
+    excluded = find_excluded_attention(model)
+    assert [e.module_type for e in excluded] == ["XCA", "XCA"] and "channel" in excluded[0].reason
+    message = no_token_attention_message(model, "xcit", need_token=True)
+    assert message is not None and "\n" not in message and "only 2 class-attention layer(s)" in message
+    assert no_token_attention_message(model) is None  # the capture itself works: class attention only
+
+
+def test_softmax_wrappers_are_removed_after_the_last_capture() -> None:
+    import torch.nn.functional as F
+
+    originals = (torch.softmax, F.scaled_dot_product_attention, "softmax" in torch.Tensor.__dict__)
+    model = _tiny("vit_tiny_patch16_224", img_size=32, depth=1)
+    with AttentionCapture(model), AttentionCapture(model):
+        assert torch.softmax is not originals[0]
+    assert (torch.softmax, F.scaled_dot_product_attention, "softmax" in torch.Tensor.__dict__) == originals

@@ -36,7 +36,7 @@ def test_info_finds_token_and_class_attention() -> None:
 
 def test_wrong_checkpoint_is_one_line_nonzero(tmp_path: Path) -> None:
     path = tmp_path / "vit.pth"
-    torch.save(zoo.create_model("vit_tiny_patch16_224", **TINY_VIT_KWARGS).state_dict(), path)
+    torch.save(zoo.create_model("vit_tiny_patch16_224", pretrained=False, **TINY_VIT_KWARGS).state_dict(), path)
     result = runner.invoke(app, ["info", "fan_t", "--ckpt", str(path)])
     assert result.exit_code == 2
     lines = [line for line in result.output.splitlines() if line.strip()]

@@ -96,9 +96,44 @@ def test_demo_quick_end_to_end(tmp_path: Path) -> None:
     assert {"fig1_attention_maps", "fig5_stability", "imagenet_c_heatmap", "fig4_heads"} <= figures
     tables = {Path(p).stem for p in payload["tables"]}
     assert {"table2_summary", "table3_corruption_errors", "attention_stability"} <= tables
+    assert "table4_segmentation" in tables and "fig6_segmentation" in figures  # the bundled segmentation models
     assert (out / "summary.md").read_text().count("| Demo ViT") == 4
 
 
 def test_train_cli_rejects_malformed_model_args(tmp_path: Path) -> None:
     res = runner.invoke(app, ["train", "--out", str(tmp_path / "r"), "--model-arg", "depth"])
     assert res.exit_code == 2 and "KEY=VALUE" in res.stderr
+
+
+def _strict_json(text: str) -> dict:
+    """Parse refusing NaN and Infinity, as jq, JavaScript and most JSON readers do."""
+    def refuse(name: str) -> None:
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_train_cli_resume_reuses_the_stored_settings_and_json_is_strict(tmp_path: Path) -> None:
+    from attnprobe.train import TrainConfig, train
+
+    out = tmp_path / "run"
+    cfg = TrainConfig(train_images=64, val_images=16, batch_size=32, epochs=2, lr=3e-3, seed=3, threads=1,
+                      out=str(out), model_kwargs={"embed_dim": 16, "depth": 1, "num_heads": 2})
+    stopped = train(cfg, stop_after_steps=3)  # killed in epoch 2
+    assert not stopped.finished
+    # the README's form: only --out and --resume; every setting (2 epochs, lr, seed, the model) comes from the run
+    res = runner.invoke(app, ["train", "--out", str(out), "--resume", "--json"])
+    assert res.exit_code == 0, res.output
+    payload = _strict_json(res.stdout)
+    assert payload["finished"] and payload["epoch"] == 2 and len(payload["history"]) == 2
+    assert payload["train_adl"] is None and payload["history"][0]["train_adl"] is None  # no ADL: null, not NaN
+    assert (out / "log.jsonl").read_text().count("NaN") == 0
+    for line in (out / "log.jsonl").read_text().splitlines():
+        _strict_json(line)
+    assert "--seed 3" in Path(payload["card"]).read_text()  # the card records the original command
+    # options given again must agree with the run; session options (threads) may change
+    same = runner.invoke(app, ["train", "--out", str(out), "--resume", "--epochs", "2", "--seed", "3",
+                               "--threads", "1", "--json"])
+    assert same.exit_code == 0 and _strict_json(same.stdout)["val_accuracy"] == payload["val_accuracy"]
+    other = runner.invoke(app, ["train", "--out", str(out), "--resume", "--epochs", "5"])
+    assert other.exit_code == 2 and "--epochs 5 differs" in other.stderr and "--epochs 2" in other.stderr

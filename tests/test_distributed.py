@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from attnprobe import distributed as D
-from attnprobe.evaluate import CellSpec, run_cells
+from attnprobe.engine import CellSpec, run_cells
 from attnprobe.store import CellKey, ResultsStore
 
 
@@ -54,7 +54,8 @@ def _worker(rank: int, world: int, port: int, out: str, queue: object) -> None:
     ctx = D.init_from_env(device="cpu")
     try:
         store = ResultsStore(out) if ctx.is_main else None
-        res = run_cells(tiny_model(), cells(), store, batch_size=3, workers=0, chunk_size=7)
+        # NOTE: one loader worker per rank: the claims must stay ahead of its read-ahead on both ranks
+        res = run_cells(tiny_model(), cells(), store, batch_size=3, workers=1, chunk_size=7)
         queue.put((rank, [(r.n, r.correct, r.skipped, r.n_chunks) for r in res]))  # type: ignore[attr-defined]
         if store is not None:
             store.close()
@@ -115,7 +116,11 @@ def test_two_gloo_processes_equal_single_process(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_torchrun_cli_equals_single_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`torchrun --nproc_per_node=2 -m attnprobe mce ...` (gloo on CPU) prints exactly the single-process counts."""
+    """`torchrun --nproc_per_node=2 -m attnprobe mce ...` (gloo on CPU) prints exactly the single-process counts.
+
+    The ranks decode and resize on their device (`--decode device`: the GPU path, run on CPU), the single process in
+    its loader (`--decode cpu`): equal counts prove the sharding and the device path at once (one torchrun start
+    instead of two keeps CI short; the 2-process test above covers the plain loader path)."""
     import json
     import subprocess
     import sys
@@ -123,14 +128,14 @@ def test_torchrun_cli_equals_single_process(tmp_path: Path, monkeypatch: pytest.
     from tests.imagenet_c_fixtures import make_class_tree, make_imagenet_c_tree, make_models_dir, save_tiny_checkpoint
 
     tree = make_imagenet_c_tree(tmp_path / "inc", per_class=3)
-    val = make_class_tree(tmp_path / "val", per_class=3)
+    val = make_class_tree(tmp_path / "val", per_class=3, size=44)  # resized to the model's 32 px
     ckpt = save_tiny_checkpoint(tmp_path / "tiny.pth")
     env = {**os.environ, "ATTNPROBE_MODELS_DIR": str(make_models_dir(tmp_path / "models")), "OMP_NUM_THREADS": "1"}
     args = ["mce", "--model", "tiny_vit", "--ckpt", str(ckpt), "--data", str(tree), "--clean", str(val),
             "-c", "gaussian_noise", "-c", "fog", "-s", "1", "-s", "2", "--workers", "0", "--batch-size", "2",
             "--chunk-size", "5", "--json"]
     dist_run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                               f"--master_port={_free_port()}", "-m", "attnprobe", *args,
+                               f"--master_port={_free_port()}", "-m", "attnprobe", *args, "--decode", "device",
                                "--out", str(tmp_path / "dist")], capture_output=True, text=True, env=env, timeout=300)
     assert dist_run.returncode == 0, dist_run.stderr[-2000:]
     from typer.testing import CliRunner
@@ -138,7 +143,7 @@ def test_torchrun_cli_equals_single_process(tmp_path: Path, monkeypatch: pytest.
     from attnprobe.cli import app
 
     monkeypatch.setenv("ATTNPROBE_MODELS_DIR", env["ATTNPROBE_MODELS_DIR"])
-    single = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "single")])
+    single = CliRunner().invoke(app, [*args, "--decode", "cpu", "--out", str(tmp_path / "single")])
     assert single.exit_code == 0, single.stderr
     a, b = json.loads(dist_run.stdout)["results"][0], json.loads(single.stdout)["results"][0]  # rank 0 prints once
 

@@ -92,8 +92,8 @@ def test_mfr_on_the_fly_is_labelled_regenerated(zoo: Path) -> None:
     (zoo / "models" / "tiny_cnn.toml").write_text(
         'name = "tiny_cnn"\narch = "test_resnet"\nfamily = "timm"\n[preprocessing]\ninput_size = 224\n'
         'crop_pct = 1.0\ninterpolation = "bilinear"\n')
-    payload = _json(_run("mfr", "-m", "tiny_cnn", "--ckpt", "-", "--clean", str(val), "--on-the-fly", "-p", "brightness",
-                         "--limit", "1", "--out", str(zoo / "out"), "--workers", "0", "--json"))
+    payload = _json(_run("mfr", "-m", "tiny_cnn", "--ckpt", "-", "--clean", str(val), "--on-the-fly", "-p",
+                         "brightness", "--limit", "1", "--out", str(zoo / "out"), "--workers", "0", "--json"))
     [row] = payload["results"]
     assert row["source"] == "regenerated" and row["perturbations"][0]["regenerated"]
     assert any("regenerated" in n for n in row["notes"])

@@ -27,7 +27,7 @@ from attnprobe.data.imagenet_p_generate import (
 )
 from attnprobe.data.video import batched_frames, count_frames, iter_frames, read_frames, write_video
 from attnprobe.errors import UserError
-from attnprobe.evaluate_extra import evaluate_imagenet_p, summarize_imagenet_p
+from attnprobe.benchmarks.imagenet_p import evaluate_imagenet_p, summarize_imagenet_p
 from attnprobe.robustness import flip_probability
 from attnprobe.store import ResultsStore
 from attnprobe.zoo import Preprocessing
@@ -256,7 +256,7 @@ def test_regenerated_end_to_end(tmp_path: Path) -> None:
 
 def test_summary_mfr_from_results() -> None:
     from attnprobe import protocol
-    from attnprobe.evaluate_extra import PResult
+    from attnprobe.benchmarks.imagenet_p import PResult
 
     alex = protocol.alexnet_flip_probabilities()
     results = [PResult(perturbation=p, difficulty=1, videos=10, skipped=0, flip_probability=2 * alex[p],

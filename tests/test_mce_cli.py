@@ -216,7 +216,7 @@ def test_two_models_in_one_run_and_ckpt_pairing(env: dict[str, Path]) -> None:
     code, _, err = run(*base, "--model", "tiny_vit", "--model", "tiny_vit", "--ckpt", str(other))
     assert code == 2 and "one --ckpt per --model" in err
     code, _, err = run(*base, "--model", "tiny_vit", "--ckpt", str(env["root"] / "missing.pth"))
-    assert code == 2 and "does not exist" in err
+    assert code == 2 and "checkpoint not found" in err
 
 
 def test_unreadable_images_are_counted_and_strict_fails(env: dict[str, Path]) -> None:

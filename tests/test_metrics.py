@@ -191,3 +191,49 @@ def test_window_mean() -> None:
     assert window_mean(v, 1) is v
     with pytest.raises(ValueError):
         window_mean(v, 4)
+
+
+# -- queries != keys (spatial reduction, pooling, class attention) ------------------------------------------------
+def rect_uniform(nq: int = 8, nk: int = 4, b: int = 2, h: int = 3) -> torch.Tensor:
+    return torch.full((b, h, nq, nk), 1.0 / nk)
+
+
+def rect_one_column(col: int = 0, nq: int = 8, nk: int = 4, b: int = 2, h: int = 3) -> torch.Tensor:
+    a = torch.zeros(b, h, nq, nk)
+    a[..., col] = 1.0
+    return a
+
+
+def test_overfocusing_uses_the_key_count_when_queries_differ() -> None:
+    out = overfocusing(rect_uniform(), k=1, tau=2.0)
+    torch.testing.assert_close(out["row_similarity"], torch.zeros(2))  # 1/4 < 2/4: everything filtered
+    torch.testing.assert_close(out["topk_column_mass"], torch.full((2,), 1 / 4))  # k / N_k, not k / N_q
+    torch.testing.assert_close(out["row_entropy"], torch.full((2,), math.log(4)))
+    torch.testing.assert_close(out["column_gini"], torch.zeros(2))
+    torch.testing.assert_close(row_similarity(rect_uniform(), tau=1.0), torch.ones(2))  # 1/4 >= 1/4 kept
+    focused = overfocusing(rect_one_column(2), k=1, tau=2.0)
+    torch.testing.assert_close(focused["row_similarity"], torch.ones(2))
+    torch.testing.assert_close(focused["topk_column_mass"], torch.ones(2))
+    torch.testing.assert_close(focused["row_entropy"], torch.zeros(2))
+    torch.testing.assert_close(focused["column_gini"], torch.full((2,), 3 / 4))  # (N_k - 1) / N_k
+
+
+def test_row_similarity_is_undefined_for_one_query() -> None:
+    cls_map = rect_one_column(1, nq=1, nk=5)
+    with pytest.raises(ValueError, match="N_q >= 2"):
+        row_similarity(cls_map)
+    out = overfocusing(cls_map, k=1)
+    assert "row_similarity" not in out  # left out, not a meaningless 1
+    torch.testing.assert_close(out["topk_column_mass"], torch.ones(2))
+    torch.testing.assert_close(out["column_gini"], torch.full((2,), 4 / 5))
+
+
+def test_cosine_and_head_similarity_with_queries_differing_from_keys() -> None:
+    out = attention_cosine(rect_uniform(), rect_one_column(3))
+    torch.testing.assert_close(out, torch.full((2, 3), 1 / math.sqrt(4)))  # per row 1/sqrt(N_k), rows alike
+    torch.testing.assert_close(attention_cosine(rect_uniform(), rect_uniform()), torch.ones(2, 3))
+    heads = torch.stack([rect_one_column(0, h=1)[:, 0], rect_one_column(0, h=1)[:, 0], rect_one_column(3, h=1)[:, 0]],
+                        dim=1)
+    torch.testing.assert_close(head_similarity(heads), torch.full((2,), 1 / 3))
+    with pytest.raises(ValueError, match="same shape"):
+        attention_cosine(rect_uniform(nk=4), rect_uniform(nk=5))

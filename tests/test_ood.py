@@ -13,7 +13,7 @@ from torch import nn
 
 from attnprobe import protocol
 from attnprobe.errors import UserError
-from attnprobe.evaluate_extra import evaluate_subset, subset_samples
+from attnprobe.benchmarks.imagenet_ar import evaluate_subset, subset_samples
 from attnprobe.store import ResultsStore
 from attnprobe.zoo import Preprocessing
 

@@ -159,7 +159,7 @@ def _grey_tree(root, levels: dict[str, int], per_class: int = 3):  # noqa: ANN00
 def test_evaluate_pgd_driver(tmp_path, monkeypatch) -> None:  # noqa: ANN001
     from types import SimpleNamespace
 
-    from attnprobe.evaluate_extra import evaluate_pgd, pgd_condition
+    from attnprobe.benchmarks.pgd import evaluate_pgd, pgd_condition
     from attnprobe.store import ResultsStore
     from attnprobe.zoo import Preprocessing
 
@@ -178,7 +178,7 @@ def test_evaluate_pgd_driver(tmp_path, monkeypatch) -> None:  # noqa: ANN001
     # zero budget: nothing changes; per-image seeds: any batch size gives the same counts
     none = evaluate_pgd(lm, data, None, eps=0.0, step=0.0, workers=0)
     assert none.robust_accuracy == 1.0
-    import attnprobe.evaluate_extra as ee
+    import attnprobe.benchmarks.pgd as ee
 
     seen: list[list[int]] = []
 

@@ -36,6 +36,14 @@ def _check_png(paths: list[Path], max_width_in: float = 2 * FULL_WIDTH) -> None:
     assert 100 < w <= max_width_in * DPI and h > 100
 
 
+def _colorbars(fig) -> list:
+    return [ax for ax in fig.axes if hasattr(ax, "_colorbar")]
+
+
+def _maps_axes(fig) -> list:
+    return [ax for ax in fig.axes if not hasattr(ax, "_colorbar")]
+
+
 def _load_first_image(data) -> list:
     refs = [r for r in data.maps if r.corrupted_path and r.image == data.maps[0].image]
     return [load_attention_pair(r) for r in refs]
@@ -45,7 +53,10 @@ def test_fig1_attention_maps(data, tmp_path: Path) -> None:
     maps = _load_first_image(data)
     assert len(maps) == 4 and maps[0].maps_clean.shape == (3, 3, 25, 25)
     fig = F.fig1_attention_maps(maps, data.styles)
-    assert len(fig.axes) == 2 * 5  # clean / corrupted rows; input + 4 models
+    assert len(_maps_axes(fig)) == 2 * 5  # clean / corrupted rows; input + 4 models
+    bars = _colorbars(fig)  # one per model: each model's maps have their own scale
+    assert len(bars) == 4 and all(b.get_position().y1 < min(a.get_position().y0 for a in _maps_axes(fig))
+                                  for b in bars)
     paths = save_figure(fig, tmp_path / "fig1", ("png", "pdf", "svg"))
     assert all(p.stat().st_size > 0 for p in paths)
     _check_png(paths)
@@ -65,7 +76,11 @@ def test_fig3_grid(data, tmp_path: Path) -> None:
     maps = [load_attention_pair(r) for r in data.maps if r.corrupted_path]
     fig = F.fig3_attention_grid(maps, data.styles)
     images = {m.image for m in maps}
-    assert len(fig.axes) == len(images) * 2 * 5
+    assert len(_maps_axes(fig)) == len(images) * 2 * 5 and len(_colorbars(fig)) == 4
+    # one scale per model over all its images: the bar's top is the top of every map of that model
+    tops = {round(im.get_clim()[1], 9) for ax in _maps_axes(fig) for im in ax.get_images()
+            if im.get_cmap().name == F.MAP_CMAP}
+    assert tops <= {round(b._colorbar.norm.vmax, 9) for b in _colorbars(fig)}
     _check_png(save_figure(fig, tmp_path / "fig3", ("png",)))
 
 
@@ -75,6 +90,7 @@ def test_fig4_heads_with_and_without_stored_similarity(data, tmp_path: Path) -> 
     titles = [t.get_text() for t in fig.texts]
     assert any("head similarity 0.63 (mean over images)" in t for t in titles)
     assert any("(this image)" in t for t in titles)  # the others are computed from the drawn maps
+    assert len(_colorbars(fig)) == 4  # one per model row
     _check_png(save_figure(fig, tmp_path / "fig4", ("png",)))
 
 
@@ -88,13 +104,23 @@ def test_head_cosine_known_values() -> None:
 def test_figI_maps_and_curves(data, tmp_path: Path) -> None:
     maps = _load_first_image(data)
     fig = F.figI_layer_maps(maps, data.styles)
-    assert len(fig.axes) == 8 * 3  # 4 models x (clean, corrupted) rows, 3 layers
+    assert len(_maps_axes(fig)) == 8 * 3 and len(_colorbars(fig)) == 4  # 4 models x 2 rows x 3 layers; a bar each
     _check_png(save_figure(fig, tmp_path / "figI_maps", ("png",)))
     fig = F.figI_layer_curves(data.diagnostics, data.styles, n_resamples=50)
     assert len(fig.axes) == 2
     lines = fig.axes[1].get_lines()
     assert len(lines) == 4 and list(lines[0].get_xdata()) == [1, 2, 3]  # layers counted from 1
     _check_png(save_figure(fig, tmp_path / "figI_curves", ("png",)))
+    # a model with stability values but no overfocusing values is drawn on the right only, and still in the legend
+    frames = dict(data.diagnostics)
+    over = frames["topk_column_mass"]
+    frames["topk_column_mass"] = over[over["key"] != "fan_b_tapadl"]
+    fig = F.figI_layer_curves(frames, data.styles, n_resamples=20)
+    legend = fig.legends[0]
+    assert sorted(t.get_text() for t in legend.get_texts()) == sorted(data.styles.label(k) for k in data.keys)
+    fig.canvas.draw()
+    top = max(ax.get_window_extent().y1 for ax in fig.axes)
+    assert legend.get_window_extent().y0 >= top - 1  # above the panels, never over the data
 
 
 def test_fig7_hyperparameter(data, tmp_path: Path) -> None:
@@ -106,6 +132,17 @@ def test_fig7_hyperparameter(data, tmp_path: Path) -> None:
     assert ax.get_xscale() == "log" and ax.get_xlabel() == "ADL weight λ"
     assert ax.lines[0].get_ydata()[2] == pytest.approx(44.0)
     _check_png(save_figure(fig, tmp_path / "fig7", ("png",)))
+    # every run, the method line and the baseline are in the legend, which lies outside the axes
+    styles = ModelStyles(["base", "a", "b", "c", "d"], baseline="base")
+    fig = F.fig7_hyperparameter(pts.assign(group="ADL"), "lambda", "mCE (%)", styles, baseline=0.461,
+                                baseline_label="base")
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert set(labels) == {"ADL", "base", "a", "b", "c", "d"}
+    fig.canvas.draw()
+    assert ax.get_legend().get_window_extent().x0 >= ax.get_window_extent().x1
+    markers = {c.get_label(): c.lines[0].get_color() for c in ax.containers}
+    assert markers == {k: styles.color(k) for k in "abcd"}  # each run in its own colour
     assert F.hparam_value({"hparams": {"num_scales": 4}}, "K") == 4.0
     assert F.hparam_value({"adl_tau": 2}, "tau") == 2.0
     assert F.hparam_value({}, "K") is None
@@ -129,6 +166,15 @@ def test_styles_are_stable_and_baseline_grey() -> None:
     assert len({s.color(m) for m in s.models}) == 5
     again = ModelStyles(["rvt_b", "fan_b", "fan_b_tap", "fan_b_adl", "fan_b_tapadl"], baseline="fan_b")
     assert all(again.color(m) == s.color(m) for m in s.models)
+    # a model keeps its colour whatever else the report holds (colours come from its own name and card)
+    cards = {"fan_b_tap": {"hparams": {"num_scales": 4}}, "fan_b_tap_k2": {"hparams": {"num_scales": 2}}}
+    alone = ModelStyles(["fan_b", "fan_b_tap_k2"], cards, baseline="fan_b")
+    many = ModelStyles(["fan_b", "fan_b_tap", "fan_b_tap_k2", "fan_b_adl", "rvt_b", "deit_b"], cards,
+                       baseline="fan_b")
+    assert alone.color("fan_b_tap_k2") == many.color("fan_b_tap_k2") != many.color("fan_b_tap")
+    assert many.color("fan_b_tap") == "#0072B2"  # TAP at the paper's K = 4: the TAP colour
+    assert len({many.color(m) for m in many.models}) == 6
+    assert ModelStyles(["x", "y"], {"y": {"color": "#123456"}}, baseline="x").color("y") == "#123456"
     assert method_kind("tap_fan_base_16_p4_hybrid") == "tap"
     assert method_kind("x", {"method": "TAP & ADL"}) == "tapadl"
     assert F.wrap_label("fan_b_adl_lam0.01", 0.4) == "fan_b_\nadl_\nlam0.01"

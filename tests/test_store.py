@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import pytest
 
 from attnprobe.errors import UserError
-from attnprobe.store import CellKey, ChunkCounts, DiagKey, ResultsStore
+from attnprobe.store import CellKey, ChunkCounts, DiagKey, ResultsStore, StoreConflictError
 
 KEY = CellKey("fan_b", "abc", "imagenet_c", "ds1", "pre1", "gaussian_noise", 3)
 
@@ -27,11 +26,15 @@ def test_chunks_sum_and_cell_completion(tmp_path: Path) -> None:
 
 
 def test_a_chunk_is_never_counted_twice(tmp_path: Path) -> None:
+    """The same chunk again (another process computed it too) is a no-op; other numbers are refused."""
     with ResultsStore(tmp_path) as store:
-        store.add_chunk(KEY, 0, ChunkCounts(n=10, correct=7))
-        with pytest.raises(sqlite3.IntegrityError):
-            store.add_chunk(KEY, 0, ChunkCounts(n=10, correct=7))
-        assert store.cell_totals(KEY).n == 10
+        assert store.add_chunk(KEY, 0, ChunkCounts(n=10, correct=7, extra={"flips": 2}))
+        assert not store.add_chunk(KEY, 0, ChunkCounts(n=10, correct=7, extra={"flips": 2}))
+        with pytest.raises(StoreConflictError, match="chunk 0 of fan_b/imagenet_c/gaussian_noise-s3"):
+            store.add_chunk(KEY, 0, ChunkCounts(n=10, correct=6, extra={"flips": 2}))
+        with pytest.raises(StoreConflictError):
+            store.add_chunk(KEY, 0, ChunkCounts(n=10, correct=7, extra={"flips": 3}))
+        assert store.cell_totals(KEY) == ChunkCounts(n=10, correct=7, extra={"flips": 2})
 
 
 def test_store_survives_reopen_and_readonly(tmp_path: Path) -> None:
@@ -39,7 +42,7 @@ def test_store_survives_reopen_and_readonly(tmp_path: Path) -> None:
         store.add_chunk(KEY, 0, ChunkCounts(n=3, correct=3))
     with ResultsStore(tmp_path, readonly=True) as ro:
         assert ro.done_chunks(KEY) == {0}
-        with pytest.raises(sqlite3.OperationalError):
+        with pytest.raises(UserError, match="cannot write"):
             ro.add_chunk(KEY, 1, ChunkCounts(n=1, correct=1))
     with pytest.raises(UserError, match="no results store"):
         ResultsStore(tmp_path / "elsewhere", readonly=True)
@@ -58,11 +61,11 @@ def test_clear_cell_only_touches_that_cell(tmp_path: Path) -> None:
 def test_diagnostics_and_artifacts(tmp_path: Path) -> None:
     dk = DiagKey("fan_b", "abc", "attention_cosine", "samples", "gaussian_noise", 3)
     with ResultsStore(tmp_path) as store:
-        store.add_diagnostics(dk, [("img0", 0, 0, 0.5), ("img0", 0, 1, 0.25)])
+        assert store.add_diagnostics(dk, [("img0", 0, 0, 0.5), ("img0", 0, 1, 0.25)]) == 2
         assert store.diagnostic_images(dk) == {"img0"}
-        with pytest.raises(sqlite3.IntegrityError):
-            store.add_diagnostics(dk, [("img0", 0, 0, 0.5)])
-        assert [r["value"] for r in store.diagnostics(metric="attention_cosine")] == [0.5, 0.25]
+        # a second run on the same store: stored rows keep their first value, new rows are added
+        assert store.add_diagnostics(dk, [("img0", 0, 0, 0.5 + 1e-9), ("img1", 0, 0, 0.75)]) == 1
+        assert [r["value"] for r in store.diagnostics(metric="attention_cosine")] == [0.5, 0.25, 0.75]
         f = tmp_path / "maps" / "a.npz"
         f.parent.mkdir()
         f.write_bytes(b"x")
@@ -116,8 +119,10 @@ def test_sample_bits_are_atomic_with_the_chunk_and_cleared(tmp_path: Path) -> No
             s.add_chunk(key, 0, ChunkCounts(n=4, correct=1), correct_bits=np.zeros(3, dtype=bool))
         assert s.done_chunks(key) == set()
         s.add_chunk(key, 0, ChunkCounts(n=2, correct=1), correct_bits=np.array([True, False]))
-        with pytest.raises(sqlite3.IntegrityError):  # a duplicate chunk rolls back as a whole
+        with pytest.raises(StoreConflictError):  # a conflicting chunk rolls back as a whole
             s.add_chunk(key, 0, ChunkCounts(n=2, correct=2), correct_bits=np.array([True, True]))
+        with pytest.raises(StoreConflictError):  # same counts, other per-sample record
+            s.add_chunk(key, 0, ChunkCounts(n=2, correct=1), correct_bits=np.array([False, True]))
         assert s.sample_correctness(key).tolist() == [True, False]
         s.clear_cell(key)
         assert s.query("SELECT COUNT(*) FROM sample_bits")[0][0] == 0 and s.sample_correctness(key) is None
@@ -138,7 +143,7 @@ def test_run_cells_stores_per_sample_correctness(tmp_path: Path) -> None:
     import torch
     from torch import nn
 
-    from attnprobe.evaluate import CellSpec, run_cells
+    from attnprobe.engine import CellSpec, run_cells
 
     class Items(torch.utils.data.Dataset):
         def __len__(self) -> int:
@@ -158,3 +163,53 @@ def test_run_cells_stores_per_sample_correctness(tmp_path: Path) -> None:
     want = [pred[i] == i % 3 and i != 6 for i in range(10)]
     assert bits.tolist() == want and skipped.tolist() == [i == 6 for i in range(10)]
     assert r.correct == sum(want) and r.skipped == 1
+
+
+# -- recognising stores, journal modes ----------------------------------------------------------------------------
+@pytest.mark.parametrize("ddl", ["", "CREATE TABLE meta (k TEXT, v TEXT)",
+                                 "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"])
+def test_other_sqlite_files_are_refused_untouched(tmp_path: Path, ddl: str) -> None:
+    import hashlib
+    import sqlite3
+
+    from attnprobe.store import NotAStoreError
+
+    db = tmp_path / "results.sqlite"
+    with sqlite3.connect(db) as con:
+        con.execute("PRAGMA user_version = 7")  # an empty database still gets a header
+        if ddl:
+            con.execute(ddl)
+    before = hashlib.sha256(db.read_bytes()).hexdigest()
+    for readonly in (False, True):
+        with pytest.raises(NotAStoreError, match="another program"):
+            ResultsStore(tmp_path, readonly=readonly)
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == before
+
+
+def test_a_new_store_appears_whole_or_not_at_all(tmp_path: Path) -> None:
+    from attnprobe.store.files import publish_new_file
+
+    first, second = tmp_path / "a.new", tmp_path / "b.new"
+    first.write_bytes(b"first")
+    second.write_bytes(b"second")
+    assert publish_new_file(first, tmp_path / "results.sqlite")
+    assert not publish_new_file(second, tmp_path / "results.sqlite")  # a concurrent creator lost: it uses ours
+    assert (tmp_path / "results.sqlite").read_bytes() == b"first" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "results.sqlite"]
+
+
+@pytest.mark.parametrize("journal", ["wal", "delete"])
+def test_both_journal_modes_share_a_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, journal: str) -> None:
+    from attnprobe.store.files import filesystem_type, is_network_filesystem
+
+    monkeypatch.setenv("ATTNPROBE_STORE_JOURNAL", journal)
+    with ResultsStore(tmp_path) as a, ResultsStore(tmp_path) as b:
+        assert a.journal_mode == b.journal_mode == journal
+        assert a.claim_chunk(KEY, 2)[0] == 0 and b.claim_chunk(KEY, 2)[0] == 1
+        a.add_chunk(KEY, 0, ChunkCounts(n=3, correct=2))
+        b.add_chunk(KEY, 1, ChunkCounts(n=3, correct=1))
+        with ResultsStore(tmp_path, readonly=True) as r:
+            assert r.cell_totals(KEY) == ChunkCounts(n=6, correct=3)
+    if Path("/proc/self/mountinfo").exists():
+        assert filesystem_type(tmp_path) is not None and not is_network_filesystem(filesystem_type(tmp_path))
+    assert is_network_filesystem("nfs4") and is_network_filesystem("lustre") and not is_network_filesystem("ext4")

@@ -37,7 +37,7 @@ def test_default_run_names() -> None:
 def test_recorder_keeps_differentiable_maps_and_restores_state() -> None:
     import timm
 
-    import attnprobe.archs_demo  # noqa: F401  (registers the demo arch)
+    import attnprobe.archs  # noqa: F401  (registers the demo arch)
 
     model = timm.create_model("attnprobe_demo_vit_tiny", num_scales=3, **TINY).eval()  # no stochastic depth
     x = torch.randn(2, 3, 64, 64)

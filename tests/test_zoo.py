@@ -36,14 +36,15 @@ def test_every_card_architecture_is_registered() -> None:
 
 
 def test_timm_name_random_init_is_eval_and_identified() -> None:
-    loaded = zoo.load_model("vit_tiny_patch16_224", **TINY_VIT_KWARGS)
+    with pytest.warns(zoo.RandomWeightsWarning):
+        loaded = zoo.load_model("vit_tiny_patch16_224", pretrained=False, **TINY_VIT_KWARGS)
     assert not loaded.model.training
     assert loaded.checkpoint_sha256 == zoo.RANDOM_INIT
     assert loaded.preprocessing.input_size == 32  # from timm's pretrained_cfg of the model as built
 
 
 def test_checkpoint_roundtrip_and_sha(tmp_path: Path) -> None:
-    src = zoo.create_model("vit_tiny_patch16_224", **TINY_VIT_KWARGS)
+    src = zoo.create_model("vit_tiny_patch16_224", pretrained=False, **TINY_VIT_KWARGS)
     path = tmp_path / "tiny.pth"
     torch.save({"state_dict": src.state_dict()}, path)
     loaded = zoo.load_model("vit_tiny_patch16_224", checkpoint=path, **TINY_VIT_KWARGS)

@@ -52,3 +52,6 @@ def set_fused_attn(model: nn.Module, fused: bool) -> int:
 
 
 register_timm_models()
+
+# NOTE: imported for its side effect: registers the tiny demo architectures into timm
+from attnprobe.archs import demo_vit  # noqa: E402,F401

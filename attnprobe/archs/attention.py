@@ -8,53 +8,16 @@ False. Capture therefore works the same way for every model: set ``fused_attn = 
 RVT's position-aware attention scaling multiplies the logits by ``sigmoid(att_mask)`` before the softmax; that
 cannot be expressed as an additive SDPA mask, so masked blocks always take the explicit path (``attn_drop`` still
 sees the final map).
-"""
 
-from __future__ import annotations
+The modules are TorchScript- and torch.fx-friendly: no module is passed to a function, no Python control flow
+depends on tensor values or shapes, and ``fused_attn`` is a plain attribute (not ``Final``) so that capture can flip it.
+"""
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["FanTokenAttention", "MaskedTokenAttention", "ClassAttention", "attend"]
-
-
-def attend(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    scale: float,
-    attn_drop: nn.Dropout,
-    fused: bool,
-    logit_gain: torch.Tensor | None = None,
-    scale_queries: bool = True,
-) -> torch.Tensor:
-    """Scaled dot-product attention with an observable ``attn_drop`` on the explicit path.
-
-    Args:
-        q: (B, H, Nq, D); k, v: (B, H, Nk, D).
-        scale: multiplier of the logits.
-        attn_drop: dropout applied to the post-softmax map (the capture hook point).
-        fused: use ``F.scaled_dot_product_attention`` when possible.
-        logit_gain: optional (H, Nq, Nk) multiplier of the scaled logits (RVT's sigmoid mask); forces explicit.
-        scale_queries: explicit path scales q before the product (FAN) rather than the logits after it (RVT);
-            the same maths, kept per model to follow the official rounding.
-
-    Returns:
-        (B, H, Nq, D).
-    """
-    if fused and logit_gain is None:
-        p = attn_drop.p if attn_drop.training else 0.0
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=p, scale=scale)
-    if scale_queries:
-        attn = (q * scale) @ k.transpose(-2, -1)  # (B, H, Nq, Nk)
-    else:
-        attn = (q @ k.transpose(-2, -1)) * scale  # (B, H, Nq, Nk)
-    if logit_gain is not None:
-        attn = attn * logit_gain
-    attn = attn.softmax(dim=-1)
-    attn = attn_drop(attn)
-    return attn @ v  # (B, H, Nq, D)
+__all__ = ["FanTokenAttention", "MaskedTokenAttention", "ClassAttention"]
 
 
 class FanTokenAttention(nn.Module):
@@ -81,7 +44,14 @@ class FanTokenAttention(nn.Module):
         B, N, C = x.shape
         q = self.q(x).reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, N, D)
         kv = self.kv(x).reshape(B, N, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (2, B, H, N, D)
-        x = attend(q, kv[0], kv[1], self.scale, self.attn_drop, self.fused_attn)
+        k, v = kv.unbind(0)
+        if self.fused_attn:
+            x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0,
+                                               scale=self.scale)
+        else:
+            attn = (q * self.scale) @ k.transpose(-2, -1)  # (B, H, N, N); NOTE: official order (scale q first)
+            attn = self.attn_drop(attn.softmax(dim=-1))
+            x = attn @ v  # (B, H, N, D)
         x = x.transpose(1, 2).reshape(B, N, C)  # (B, N, C)
         return self.proj_drop(self.proj(x))
 
@@ -109,6 +79,8 @@ class MaskedTokenAttention(nn.Module):
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
+        # NOTE: None (not a missing attribute) when unused, so TorchScript drops the masked branch at compile time.
+        self.att_mask = None
         if use_mask:
             self.att_mask = nn.Parameter(torch.empty(num_heads, mask_size, mask_size))
             nn.init.trunc_normal_(self.att_mask, std=0.02, a=-0.02, b=0.02)
@@ -116,12 +88,18 @@ class MaskedTokenAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, H, N, D)
-        gain = None
-        if self.use_mask:
-            if N > self.att_mask.shape[-1]:
-                raise ValueError(f"RVT att_mask covers {self.att_mask.shape[-1]} tokens, got {N}; use 224x224 input")
-            gain = torch.sigmoid(self.att_mask[:, :N, :N])  # (H, N, N)
-        x = attend(qkv[0], qkv[1], qkv[2], self.scale, self.attn_drop, self.fused_attn, gain, scale_queries=False)
+        q, k, v = qkv.unbind(0)
+        if self.att_mask is None and self.fused_attn:
+            x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0,
+                                               scale=self.scale)
+        else:
+            attn = (q @ k.transpose(-2, -1)) * self.scale  # (B, H, N, N); NOTE: official order (scale the logits)
+            if self.att_mask is not None:
+                torch._assert(N <= self.att_mask.shape[-1], "RVT's att_mask covers at most 14x14 tokens; "
+                                                           "use 224x224 input")
+                attn = attn * torch.sigmoid(self.att_mask[:, :N, :N])  # (B, H, N, N)
+            attn = self.attn_drop(attn.softmax(dim=-1))
+            x = attn @ v  # (B, H, N, D)
         x = x.transpose(1, 2).reshape(B, N, C)  # (B, N, C)
         return self.proj_drop(self.proj(x))
 
@@ -151,6 +129,12 @@ class ClassAttention(nn.Module):
         q = self.q(x[:, :1]).reshape(B, 1, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, 1, D)
         k = self.k(x).reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, N, D)
         v = self.v(x).reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, N, D)
-        x_cls = attend(q, k, v, self.scale, self.attn_drop, self.fused_attn)  # (B, H, 1, D)
-        x_cls = x_cls.transpose(1, 2).reshape(B, 1, C)
+        if self.fused_attn:
+            x_cls = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0,
+                                                   scale=self.scale)
+        else:
+            attn = (q * self.scale) @ k.transpose(-2, -1)  # (B, H, 1, N)
+            attn = self.attn_drop(attn.softmax(dim=-1))
+            x_cls = attn @ v  # (B, H, 1, D)
+        x_cls = x_cls.transpose(1, 2).reshape(B, 1, C)  # (B, 1, C)
         return self.proj_drop(self.proj(x_cls))

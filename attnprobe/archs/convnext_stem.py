@@ -6,15 +6,26 @@ a 2x2 patch projection, giving a 14x14 token grid at 224 px. State-dict names ma
 (the 1x1 "convs" of the MLP are stored as (out, in, 1, 1) conv weights).
 """
 
-from __future__ import annotations
-
 from collections.abc import Sequence
+from typing import List, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnprobe.archs.checkpointing import checkpoint_seq
+
 __all__ = ["LayerNormCL", "LayerNorm2d", "ConvNeXtStem", "HybridEmbed"]
+
+
+def layer_norm_last(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
+                    unbiased: bool) -> torch.Tensor:
+    """LayerNorm over the last axis; ``unbiased`` divides the variance by C - 1 (see ``LayerNormCL``)."""
+    channels = weight.shape[0]
+    if not unbiased:
+        return F.layer_norm(x, [channels], weight, bias, eps)
+    k2 = (channels - 1) / channels
+    return F.layer_norm(x, [channels], weight * k2 ** 0.5, bias, eps * k2)
 
 
 class LayerNormCL(nn.LayerNorm):
@@ -33,10 +44,7 @@ class LayerNormCL(nn.LayerNorm):
         self.unbiased = unbiased
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.unbiased:
-            return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
-        k2 = (x.shape[-1] - 1) / x.shape[-1]
-        return F.layer_norm(x, self.normalized_shape, self.weight * k2 ** 0.5, self.bias, self.eps * k2)
+        return layer_norm_last(x, self.weight, self.bias, self.eps, self.unbiased)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", unbiased={self.unbiased}"
@@ -46,11 +54,13 @@ class LayerNorm2d(LayerNormCL):
     """LayerNorm over the channels of a (B, C, H, W) map (eps 1e-6, as in ConvNeXt)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # (B, C, H, W)
+        # NOTE: no super().forward(): TorchScript cannot compile it.
+        x = layer_norm_last(x.permute(0, 2, 3, 1), self.weight, self.bias, self.eps, self.unbiased)  # (B, H, W, C)
+        return x.permute(0, 3, 1, 2)  # (B, C, H, W)
 
 
 class ConvMlp(nn.Module):
-    """1x1-conv MLP (fc1 -> GELU -> fc2); run as linear layers on channels-last input."""
+    """1x1-conv MLP (fc1 -> GELU -> fc2) stored as convs, run as linear layers on channels-last (B, H, W, C) input."""
 
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
@@ -58,7 +68,7 @@ class ConvMlp(nn.Module):
         self.act = nn.GELU()
         self.fc2 = nn.Conv2d(hidden, dim, kernel_size=1)
 
-    def forward_cl(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H, W, C) -> (B, H, W, C)."""
         x = F.linear(x, self.fc1.weight.flatten(1), self.fc1.bias)  # (B, H, W, hidden)
         x = self.act(x)
@@ -77,7 +87,7 @@ class ConvNeXtBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv_dw(x).permute(0, 2, 3, 1)  # (B, H, W, C)
-        y = self.mlp.forward_cl(self.norm(y)) * self.gamma
+        y = self.mlp(self.norm(y)) * self.gamma
         return x + y.permute(0, 3, 1, 2)  # (B, C, H, W)
 
 
@@ -92,9 +102,13 @@ class ConvNeXtStage(nn.Module):
         else:
             self.downsample = nn.Identity()
         self.blocks = nn.Sequential(*[ConvNeXtBlock(out_chs, unbiased_norm=unbiased_norm) for _ in range(depth)])
+        self.grad_checkpointing = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.blocks(self.downsample(x))
+        x = self.downsample(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self.blocks, x)
+        return self.blocks(x)
 
 
 class ConvNeXtStem(nn.Module):
@@ -120,12 +134,23 @@ class ConvNeXtStem(nn.Module):
             prev = dims[i]
         self.stages = nn.Sequential(*stages)
         self.num_features = prev
-        self.reduction = 4 * 2 ** (len(depths) - 1)
+        self.stage_channels = [int(d) for d in dims[: len(depths)]]
+        self.stage_reductions = [4 * 2 ** i for i in range(len(depths))]
+        self.reduction = self.stage_reductions[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, C, H / reduction, W / reduction), in channels-last memory format."""
         # NOTE: channels-last memory makes every permute to (B, H, W, C) below a free view (no copies).
         return self.stages(self.stem(x.contiguous(memory_format=torch.channels_last)))
+
+    def forward_stages(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """The output of every stage, (B, C_i, H / 4 / 2^i, W / 4 / 2^i) each (channels-last memory)."""
+        x = self.stem(x.contiguous(memory_format=torch.channels_last))
+        outs: List[torch.Tensor] = []
+        for stage in self.stages:
+            x = stage(x)
+            outs.append(x)
+        return outs
 
 
 class HybridEmbed(nn.Module):
@@ -137,8 +162,18 @@ class HybridEmbed(nn.Module):
         self.patch_size = patch_size
         self.proj = nn.Conv2d(backbone.num_features, embed_dim, kernel_size=patch_size, stride=patch_size)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
         """(B, 3, H, W) -> tokens (B, N, C) and grid (Hp, Wp)."""
-        x = self.proj(self.backbone(x))  # (B, C, Hp, Wp)
-        Hp, Wp = x.shape[-2:]
-        return x.flatten(2).transpose(1, 2), (Hp, Wp)
+        return self.project(self.backbone(x))
+
+    def forward_with_stages(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int], List[torch.Tensor]]:
+        """Like ``forward``, plus the output of every stem stage (see ``ConvNeXtStem.forward_stages``)."""
+        maps = self.backbone.forward_stages(x)
+        tokens, grid = self.project(maps[-1])
+        return tokens, grid, maps
+
+    def project(self, feature_map: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        """The stem's last feature map (B, C', H', W') -> tokens (B, N, C) and grid (Hp, Wp)."""
+        x = self.proj(feature_map)  # (B, C, Hp, Wp)
+        Hp, Wp = x.shape[2], x.shape[3]
+        return x.flatten(2).transpose(1, 2), (Hp, Wp)  # (B, N, C)

@@ -15,29 +15,42 @@ to the residual (``x_attn = cat(cls_out, norm1(x)[:, 1:])``); the hybrid stem's 
 effectively use the unbiased variance (see convnext_stem.LayerNormCL).
 """
 
-from __future__ import annotations
-
 import math
 from collections.abc import Sequence
+from typing import Any, Dict, List, Optional, Tuple, Union  # NOTE: typing aliases keep TorchScript on older torch happy
 
 import torch
 from torch import nn
 
 from attnprobe.archs.attention import ClassAttention, FanTokenAttention
+from attnprobe.archs.checkpointing import checkpoint
 from attnprobe.archs.convnext_stem import ConvNeXtStem, HybridEmbed
+from attnprobe.archs.features import OUTPUT_FORMATS, map_to_format, take_indices, tokens_to_format
 from attnprobe.archs.tap import TokenAwarePooling
 
 __all__ = ["FAN", "FANBlock", "ClassAttentionBlock", "ChannelProcessing", "PositionalEncodingFourier"]
 
 
 class PositionalEncodingFourier(nn.Module):
-    """Sine/cosine features of the normalised (y, x) grid position, projected by a 1x1 conv to ``dim``."""
+    """Sine/cosine features of the normalised (y, x) grid position, projected by a 1x1 conv to ``dim``.
 
-    def __init__(self, hidden_dim: int = 32, dim: int = 768, temperature: float = 10000.0) -> None:
+    Args:
+        hidden_dim: sine/cosine features per axis.
+        dim: output channels.
+        temperature: base of the frequencies.
+        paired_frequencies: feature i has frequency ``temperature ** (2 * floor(i / 2) / hidden_dim)`` (each sine/cosine
+            pair shares one; the official classification code). False: ``temperature ** (i / hidden_dim)``, what the
+            official segmentation backbones compute (they call ``torch.div(dim_t, 2)`` without floor rounding), so
+            the released segmentation checkpoints need it.
+    """
+
+    def __init__(self, hidden_dim: int = 32, dim: int = 768, temperature: float = 10000.0,
+                 paired_frequencies: bool = True) -> None:
         super().__init__()
         self.token_projection = nn.Conv2d(hidden_dim * 2, dim, kernel_size=1)
         self.hidden_dim = hidden_dim
         self.temperature = temperature
+        self.paired_frequencies = paired_frequencies
         self.eps = 1e-6
 
     def fourier_features(self, H: int, W: int, device: torch.device) -> torch.Tensor:
@@ -48,7 +61,11 @@ class PositionalEncodingFourier(nn.Module):
         y = y / (H + self.eps) * scale  # (H,)
         x = x / (W + self.eps) * scale  # (W,)
         dim_t = torch.arange(self.hidden_dim, dtype=torch.float32, device=device)
-        dim_t = self.temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / self.hidden_dim)
+        if self.paired_frequencies:
+            dim_t = torch.div(dim_t, 2, rounding_mode="floor")
+        else:
+            dim_t = dim_t / 2
+        dim_t = self.temperature ** (2 * dim_t / self.hidden_dim)
         pos_y = y[:, None] / dim_t  # (H, hidden)
         pos_x = x[:, None] / dim_t  # (W, hidden)
         # interleave sin of even and cos of odd frequencies: [sin f0, cos f1, sin f2, cos f3, ...]
@@ -89,10 +106,15 @@ class ConvPatchEmbed(nn.Module):
             layers.append(conv_bn(chans[i], chans[i + 1]))
         self.proj = nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
         x = self.proj(x)  # (B, C, Hp, Wp)
-        Hp, Wp = x.shape[-2:]
-        return x.flatten(2).transpose(1, 2), (Hp, Wp)
+        Hp, Wp = x.shape[2], x.shape[3]
+        return x.flatten(2).transpose(1, 2), (Hp, Wp)  # (B, N, C)
+
+    def forward_with_stages(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int], List[torch.Tensor]]:
+        """Like ``forward``; the conv stack exposes no stage features (the list is empty)."""
+        tokens, grid = self.forward(x)
+        return tokens, grid, []
 
 
 class DWConv(nn.Module):
@@ -241,12 +263,12 @@ class DropPath(nn.Module):
         if self.p == 0.0 or not self.training:
             return x
         keep = 1.0 - self.p
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        mask = x.new_empty([x.shape[0]] + [1] * (x.dim() - 1)).bernoulli_(keep)  # (B, 1, ..., 1)
         return x * mask / keep
 
 
 class FAN(nn.Module):
-    """FAN / TAP-FAN classifier (ViT patch embedding or ConvNeXt-stem hybrid).
+    """FAN / TAP-FAN classifier (ViT patch embedding or ConvNeXt-stem hybrid), a full timm citizen.
 
     Args:
         patch_size: ViT patch size (16 or 8); unused by hybrids (their stride is 16 = stem 8 x ``hybrid_patch_size``).
@@ -267,37 +289,62 @@ class FAN(nn.Module):
         tokens_norm: class-attention blocks normalise all tokens (True in every released model).
         num_scales: TAP branches K per block; 0 disables TAP (plain FAN).
         head_init_scale: multiplier of the initial head weights.
+        global_pool: "token" (the class token, official), "avg" (mean of the patch tokens) or "" (no pooling).
+        pos_paired_frequencies: see ``PositionalEncodingFourier``; False for the official segmentation backbones.
+
+    Features (``feature_info``, ``forward_intermediates``, ``features_only=True``), in network order: the output of
+    every ConvNeXt stem stage (hybrids only; stride 4, 8, ...), the patch tokens after every FAN block (stride 16 for
+    the released models), and the patch-token part after the class-attention blocks. The FAN-Hybrid segmentation
+    backbone of the official code uses [stem stage 0, stem stage 1, block ``out_idx``, class-attention output].
     """
 
     def __init__(self, patch_size: int = 16, in_chans: int = 3, num_classes: int = 1000, embed_dim: int = 768,
                  depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0, qkv_bias: bool = True,
                  drop_rate: float = 0.0, attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0,
-                 backbone: dict | None = None, hybrid_patch_size: int = 2, cls_attn_layers: int = 2, eta: float = 1.0,
-                 tokens_norm: bool = True, num_scales: int = 0, head_init_scale: float = 1.0) -> None:
+                 backbone: Optional[Dict[str, Any]] = None, hybrid_patch_size: int = 2, cls_attn_layers: int = 2,
+                 eta: float = 1.0, tokens_norm: bool = True, num_scales: int = 0, head_init_scale: float = 1.0,
+                 global_pool: str = "token", pos_paired_frequencies: bool = True) -> None:
         super().__init__()
+        if global_pool not in ("token", "avg", ""):
+            raise ValueError(f"global_pool must be 'token', 'avg' or '', got {global_pool!r}")
         self.num_classes = num_classes
-        self.num_features = self.embed_dim = embed_dim
+        self.global_pool = global_pool
+        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
+        self.num_prefix_tokens = 1
         self.num_scales = num_scales
+        self.depth = depth
+        self.grad_checkpointing = False
+        stem_info: List[Dict[str, Any]] = []
         if backbone is None:
             self.patch_embed: nn.Module = ConvPatchEmbed(patch_size, in_chans, embed_dim)
+            reduction = patch_size
         else:
             stem = ConvNeXtStem(depths=backbone.get("depths", (3, 3)), dims=backbone.get("dims", (128, 256, 512, 1024)),
                                 in_chans=in_chans, unbiased_norm=backbone.get("unbiased_norm", True))
             self.patch_embed = HybridEmbed(stem, embed_dim, patch_size=hybrid_patch_size)
-        self.pos_embed = PositionalEncodingFourier(dim=embed_dim)
+            reduction = stem.reduction * hybrid_patch_size
+            stem_info = [dict(num_chs=c, reduction=r, module=f"patch_embed.backbone.stages.{i}")
+                         for i, (c, r) in enumerate(zip(stem.stage_channels, stem.stage_reductions))]
+        self.num_stem_features = len(stem_info)
+        self.pos_embed = PositionalEncodingFourier(dim=embed_dim, paired_frequencies=pos_paired_frequencies)
         self.pos_drop = nn.Dropout(drop_rate)
         self.blocks = nn.ModuleList([
             FANBlock(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, drop_path_rate, eta,
                      num_scales)
             for _ in range(depth)
         ])
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.cls_token: Optional[nn.Parameter] = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.cls_attn_blocks = nn.ModuleList([
             ClassAttentionBlock(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, eta, tokens_norm)
             for _ in range(cls_attn_layers)
         ])
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        token_info = [dict(num_chs=embed_dim, reduction=reduction, module=f"blocks.{i}") for i in range(depth)]
+        if cls_attn_layers > 0:
+            last_cls = f"cls_attn_blocks.{cls_attn_layers - 1}"
+            token_info.append(dict(num_chs=embed_dim, reduction=reduction, module=last_cls))
+        self.feature_info = stem_info + token_info
         self._init_weights(head_init_scale)
 
     def _init_weights(self, head_init_scale: float) -> None:
@@ -315,40 +362,148 @@ class FAN(nn.Module):
                 self.head.weight.mul_(head_init_scale)
                 self.head.bias.mul_(head_init_scale)
 
+    # -- timm model interface ---------------------------------------------------------------------------------
     @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
+    def no_weight_decay(self) -> set:
         return {"cls_token"}
 
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        return dict(stem=r"^cls_token|pos_embed|patch_embed", blocks=r"^blocks\.(\d+)",
+                    cls_attn_blocks=[(r"^cls_attn_blocks\.(\d+)", None), (r"^norm", (99999,))])
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute block activations in the backward pass (same outputs, less memory)."""
+        self.grad_checkpointing = enable
+        if isinstance(self.patch_embed, HybridEmbed):
+            for stage in self.patch_embed.backbone.stages:
+                stage.grad_checkpointing = enable
+
+    @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
         return self.head
 
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """Replace the classifier (``num_classes=0``: none); ``global_pool`` as in the constructor."""
+        if global_pool is not None:
+            if global_pool not in ("token", "avg", ""):
+                raise ValueError(f"global_pool must be 'token', 'avg' or '', got {global_pool!r}")
+            self.global_pool = global_pool
         self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        device = self.pos_embed.token_projection.weight.device
+        self.head = nn.Linear(self.num_features, num_classes, device=device) if num_classes > 0 else nn.Identity()
 
-    def forward_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """Patch tokens after the FAN blocks: (B, N, C) and the grid (H, W)."""
+    # -- forward ----------------------------------------------------------------------------------------------
+    def forward_cls(self, x: torch.Tensor) -> torch.Tensor:
+        """Patch tokens (B, N, C) -> class token prepended and the class-attention blocks applied: (B, 1 + N, C)."""
+        if self.cls_token is None:  # NOTE: pruned by prune_intermediate_layers
+            return x
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, 1 + N, C)
+        for blk in self.cls_attn_blocks:
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint(blk, x)
+            else:
+                x = blk(x)
+        return x
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """All tokens after the class-attention blocks and final norm: (B, 1 + N, C), class token first."""
         B = x.shape[0]
         x, (H, W) = self.patch_embed(x)  # (B, N, C)
         x = self.pos_drop(x + self.pos_embed(B, H, W))
         for blk in self.blocks:
-            x = blk(x, H, W)
-        return x, (H, W)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """All tokens after the class-attention blocks and final norm: (B, 1 + N, C), class token first."""
-        x, _ = self.forward_tokens(x)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, 1 + N, C)
-        for blk in self.cls_attn_blocks:
-            x = blk(x)
-        return self.norm(x)
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint(blk, x, H, W)
+            else:
+                x = blk(x, H, W)
+        return self.norm(self.forward_cls(x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = x[:, 0]
+        if self.global_pool == "token":
+            x = x[:, 0]
+        elif self.global_pool == "avg":
+            x = x[:, self.num_prefix_tokens:].mean(dim=1)
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+    # -- features ---------------------------------------------------------------------------------------------
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = "NCHW",
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Forward pass that also returns intermediate features (see the class docstring for the index space).
+
+        Args:
+            x: images (B, 3, H, W).
+            indices: features to return: None (all), int n (the last n), or a list of indices (negative from the end).
+            norm: apply the final LayerNorm to token features (stem features are never normalised).
+            stop_early: stop after the last requested feature (only with ``intermediates_only``).
+            output_fmt: "NCHW" maps or "NLC" token sequences.
+            intermediates_only: return only the list of features.
+
+        Returns:
+            The features in network order, or ``(forward_features(x), features)``.
+        """
+        if output_fmt not in OUTPUT_FORMATS:
+            raise ValueError(f"output_fmt must be one of {OUTPUT_FORMATS}, got {output_fmt!r}")
+        taken, max_index = take_indices(len(self.feature_info), indices)
+        n_stem = self.num_stem_features
+        cls_index = n_stem + self.depth  # index of the class-attention output (when there are cls blocks)
+        intermediates: List[torch.Tensor] = []
+        B = x.shape[0]
+        x, (H, W), stage_maps = self.patch_embed.forward_with_stages(x)  # (B, N, C)
+        for i, fmap in enumerate(stage_maps):
+            if i in taken:
+                intermediates.append(map_to_format(fmap, output_fmt))
+        x = self.pos_drop(x + self.pos_embed(B, H, W))
+        last_needed = self.depth if not (stop_early and intermediates_only) else min(max_index - n_stem + 1, self.depth)
+        for i, blk in enumerate(self.blocks):
+            if i >= last_needed:
+                break
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint(blk, x, H, W)
+            else:
+                x = blk(x, H, W)
+            if n_stem + i in taken:
+                intermediates.append(tokens_to_format(self.norm(x) if norm else x, H, W, output_fmt))
+        if intermediates_only and cls_index not in taken:
+            return intermediates
+        x = self.forward_cls(x)
+        if cls_index in taken and len(self.cls_attn_blocks) > 0:
+            y = self.norm(x) if norm else x
+            intermediates.append(tokens_to_format(y[:, self.num_prefix_tokens:], H, W, output_fmt))
+        if intermediates_only:
+            return intermediates
+        return self.norm(x), intermediates
+
+    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> List[int]:
+        """Drop what the requested features do not need (later blocks, class attention, norm, head).
+
+        Returns:
+            The absolute feature indices (valid after pruning: the index space does not change).
+        """
+        taken, max_index = take_indices(len(self.feature_info), indices)
+        n_stem = self.num_stem_features
+        self.blocks = self.blocks[: max(0, min(max_index - n_stem + 1, self.depth))]
+        if max_index < n_stem + self.depth:  # the class-attention output is not requested
+            self.cls_attn_blocks = nn.ModuleList()
+            self.cls_token = None
+            self.num_prefix_tokens = 0
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, "")
+        return taken
+
 
 
 def fan_config_kwargs(config: dict) -> dict:

@@ -12,16 +12,17 @@ Official quirks reproduced so that released checkpoints load and behave the same
 - TAP-RVT has TAP (``dilation_predictor``) in every block, even with ``num_scales=1``.
 """
 
-from __future__ import annotations
-
 import math
 from collections.abc import Sequence
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
 from attnprobe.archs.attention import MaskedTokenAttention
+from attnprobe.archs.checkpointing import checkpoint
 from attnprobe.archs.fan import DropPath
+from attnprobe.archs.features import OUTPUT_FORMATS, take_indices, tokens_to_format
 from attnprobe.archs.tap import TokenAwarePooling
 
 __all__ = ["RVT", "RVTBlock"]
@@ -93,13 +94,17 @@ class RVTStage(nn.Module):
     def __init__(self, blocks: Sequence[RVTBlock]) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
+        self.grad_checkpointing = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
         x = x.flatten(2).transpose(1, 2)  # (B, N, C)
         for blk in self.blocks:
-            x = blk(x, H, W)
-        return x.transpose(1, 2).reshape(B, C, H, W)
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint(blk, x, H, W)
+            else:
+                x = blk(x, H, W)
+        return x.transpose(1, 2).reshape(B, C, H, W)  # (B, C, H, W)
 
 
 class ConvHeadPooling(nn.Module):
@@ -132,7 +137,7 @@ class ConvEmbedding(nn.Module):
 
 
 class RVT(nn.Module):
-    """RVT / TAP-RVT classifier (the official ``PoolingTransformer``).
+    """RVT / TAP-RVT classifier (the official ``PoolingTransformer``), a full timm citizen.
 
     Args:
         image_size, patch_size, stride: stem geometry (official RVT: 224, 16, 16).
@@ -147,17 +152,25 @@ class RVT(nn.Module):
         masked_block: see ``use_mask``.
         num_scales: TAP branches K in every block; 0 disables TAP.
         mlp_type: "conv", "linear", or None for the official rule (see the module docstring).
+        global_pool: "avg" (official: mean over the grid, then LayerNorm) or "" (no pooling, no norm).
+
+    Features (``feature_info``, ``forward_intermediates``): the token map after every block, in network order
+    across stages (stride 16, then 32, ... for the released models).
     """
 
     def __init__(self, image_size: int = 224, patch_size: int = 16, stride: int = 16,
                  base_dims: Sequence[int] = (64,), depth: Sequence[int] = (12,), heads: Sequence[int] = (12,),
                  mlp_ratio: float = 4.0, num_classes: int = 1000, in_chans: int = 3, attn_drop_rate: float = 0.0,
                  drop_rate: float = 0.0, drop_path_rate: float = 0.0, use_mask: bool = False,
-                 masked_block: int | None = None, num_scales: int = 0, mlp_type: str | None = None) -> None:
+                 masked_block: Optional[int] = None, num_scales: int = 0, mlp_type: Optional[str] = None,
+                 global_pool: str = "avg") -> None:
         super().__init__()
         if use_mask and masked_block is None:
             raise ValueError("use_mask=True needs masked_block")
+        if global_pool not in ("avg", ""):
+            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
         self.num_classes = num_classes
+        self.global_pool = global_pool
         self.num_scales = num_scales
         self.grid = math.floor(image_size / stride)
         widths = [b * h for b, h in zip(base_dims, heads)]
@@ -166,6 +179,8 @@ class RVT(nn.Module):
         total = sum(depth)
         self.transformers = nn.ModuleList()
         self.pools = nn.ModuleList()
+        self.feature_info = []
+        reduction = 4 if patch_size == 4 else 16
         idx = 0
         for s, (width, n_blocks, n_heads) in enumerate(zip(widths, depth, heads)):
             kind = mlp_type or ("conv" if num_scales > 0 or width != 768 else "linear")
@@ -174,11 +189,14 @@ class RVT(nn.Module):
                 masked = bool(use_mask and s == 0 and i < masked_block)
                 blocks.append(RVTBlock(width, n_heads, mlp_ratio, drop_rate, attn_drop_rate,
                                        drop_path_rate * (idx + i) / total, masked, num_scales, kind))
+                self.feature_info.append(dict(num_chs=width, reduction=reduction * 2 ** s,
+                                              module=f"transformers.{s}.blocks.{i}"))
             idx += n_blocks
             self.transformers.append(RVTStage(blocks))
-            if s < len(widths) - 1:
-                self.pools.append(ConvHeadPooling(width, widths[s + 1], stride=2))
-        self.num_features = self.embed_dim = widths[-1]
+            # NOTE: the last stage gets an Identity "pool" (no parameters) so that stages and pools can be zipped.
+            last = s == len(widths) - 1
+            self.pools.append(nn.Identity() if last else ConvHeadPooling(width, widths[s + 1], stride=2))
+        self.num_features = self.head_hidden_size = self.embed_dim = widths[-1]
         self.norm = nn.LayerNorm(widths[-1], eps=1e-6)
         self.head = nn.Linear(widths[-1], num_classes) if num_classes > 0 else nn.Identity()
         for m in self.modules():
@@ -186,30 +204,128 @@ class RVT(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
+    # -- timm model interface ---------------------------------------------------------------------------------
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        return {name for name, _ in self.named_parameters() if name.endswith("att_mask")}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        return dict(stem=r"^patch_embed", blocks=[(r"^transformers\.(\d+)\.blocks\.(\d+)", None),
+                                                  (r"^pools\.(\d+)", (0,)), (r"^norm", (99999,))])
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute block activations in the backward pass (same outputs, less memory)."""
+        for stage in self.transformers:
+            stage.grad_checkpointing = enable
+
+    @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
         return self.head
 
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """Replace the classifier (``num_classes=0``: none); ``global_pool`` as in the constructor."""
+        if global_pool is not None:
+            if global_pool not in ("avg", ""):
+                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+            self.global_pool = global_pool
         self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        device = self.patch_embed.proj[0].weight.device
+        self.head = nn.Linear(self.num_features, num_classes, device=device) if num_classes > 0 else nn.Identity()
 
+    # -- forward ----------------------------------------------------------------------------------------------
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Final feature map (B, C, H, W) before pooling."""
         x = self.pos_drop(self.patch_embed(x))  # (B, C, H, W)
-        for s, stage in enumerate(self.transformers):
-            x = stage(x)
-            if s < len(self.pools):
-                x = self.pools[s](x)
+        for stage, pool in zip(self.transformers, self.pools):
+            x = pool(stage(x))
         return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.norm(x.mean(dim=(2, 3)))  # (B, C)
+        if self.global_pool == "avg":
+            x = self.norm(x.mean(dim=(2, 3)))  # (B, C)
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
+    # -- features ---------------------------------------------------------------------------------------------
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = "NCHW",
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Forward pass that also returns the token map after the requested blocks.
+
+        Args:
+            x: images (B, 3, H, W).
+            indices: None (all blocks), int n (the last n) or a list of block indices (negative from the end).
+            norm: apply the final LayerNorm to the features of the last stage (the only ones of its width).
+            stop_early: stop after the last requested block (only with ``intermediates_only``).
+            output_fmt: "NCHW" maps or "NLC" token sequences.
+            intermediates_only: return only the list of features.
+
+        Returns:
+            The features in network order, or ``(forward_features(x), features)``.
+        """
+        if output_fmt not in OUTPUT_FORMATS:
+            raise ValueError(f"output_fmt must be one of {OUTPUT_FORMATS}, got {output_fmt!r}")
+        taken, max_index = take_indices(len(self.feature_info), indices)
+        early = stop_early and intermediates_only
+        intermediates: List[torch.Tensor] = []
+        x = self.pos_drop(self.patch_embed(x))  # (B, C, H, W)
+        idx = 0
+        for stage, pool in zip(self.transformers, self.pools):
+            B, C, H, W = x.shape
+            last_stage = C == self.num_features
+            t = x.flatten(2).transpose(1, 2)  # (B, N, C)
+            for blk in stage.blocks:
+                if early and idx > max_index:
+                    break
+                t = checkpoint(blk, t, H, W) if stage.grad_checkpointing else blk(t, H, W)
+                if idx in taken:
+                    y = self.norm(t) if norm and last_stage else t
+                    intermediates.append(tokens_to_format(y, H, W, output_fmt))
+                idx += 1
+            if early and idx > max_index:
+                return intermediates
+            x = pool(t.transpose(1, 2).reshape(B, C, H, W))  # (B, C', H', W')
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
+    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> List[int]:
+        """Drop the blocks, stages and poolings after the last requested feature (and norm / head if asked).
+
+        Returns:
+            The absolute feature indices (valid after pruning).
+        """
+        taken, max_index = take_indices(len(self.feature_info), indices)
+        remaining = max_index + 1
+        for s, stage in enumerate(self.transformers):
+            if remaining <= len(stage.blocks):
+                stage.blocks = stage.blocks[:remaining]
+                self.transformers = self.transformers[: s + 1]
+                self.pools = nn.ModuleList(list(self.pools[:s]) + [nn.Identity()])
+                break
+            remaining -= len(stage.blocks)
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, "")
+        return taken
+
 
 def rvt_config_kwargs(config: dict) -> dict:
-    """Constructor kwargs of ``RVT`` from an official-style config dict."""
-    return {k: v for k, v in config.items() if k not in ("family",)}
+    """Constructor kwargs of ``RVT`` from an official-style config dict (timm's ``img_size`` means ``image_size``)."""
+    kwargs = {k: v for k, v in config.items() if k not in ("family", "img_size")}
+    if "img_size" in config and "image_size" not in config:
+        size = config["img_size"]
+        kwargs["image_size"] = int(size[-1] if isinstance(size, (list, tuple)) else size)
+    return kwargs

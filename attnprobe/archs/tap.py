@@ -28,13 +28,14 @@ State-dict names follow the official checkpoints: the module holds ``proj.{0,1,2
 under the attribute name ``dilation_predictor`` (``blocks.3.dilation_predictor.proj.0.weight``).
 """
 
-from __future__ import annotations
+from typing import Optional, Tuple
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["TokenAwarePooling", "dilated_box_sum", "tap_reference_unfold"]
+__all__ = ["TokenAwarePooling", "dilated_box_sum", "tap_reference_unfold", "check_grid"]
 
 
 def _shift_sum(x: torch.Tensor, dim: int, d: int) -> torch.Tensor:
@@ -47,7 +48,9 @@ def _shift_sum(x: torch.Tensor, dim: int, d: int) -> torch.Tensor:
     return out
 
 
-def dilated_box_sum(x: torch.Tensor, dilation: int, dims: tuple[int, int] = (1, 2)) -> torch.Tensor:
+# NOTE: torch.fx treats the two functions below as leaves (their shape-dependent branches run at call time).
+@torch.fx.wrap
+def dilated_box_sum(x: torch.Tensor, dilation: int, dims: Tuple[int, int] = (1, 2)) -> torch.Tensor:
     """3x3 box sum with the given dilation and zero padding, on the two grid axes ``dims`` of ``x``.
 
     Args:
@@ -59,6 +62,19 @@ def dilated_box_sum(x: torch.Tensor, dilation: int, dims: tuple[int, int] = (1, 
         A tensor shaped like ``x``; divide by 9 for the count-include-pad average.
     """
     return _shift_sum(_shift_sum(x, dims[1], dilation), dims[0], dilation)
+
+
+@torch.fx.wrap
+def check_grid(num_tokens: int, grid_size: Tuple[int, int]) -> None:
+    """Raise ValueError unless the (H, W) grid holds exactly ``num_tokens`` tokens."""
+    if grid_size[0] * grid_size[1] != num_tokens:
+        raise ValueError(f"grid {grid_size[0]}x{grid_size[1]} does not match {num_tokens} tokens")
+
+
+def _is_tracing() -> bool:
+    """True while torch.fx traces (a traced graph cannot keep Python-side state such as ``last_weights``)."""
+    trace = torch.fx._symbolic_trace
+    return getattr(trace, "is_fx_symbolic_tracing", trace.is_fx_tracing)()
 
 
 class TokenAwarePooling(nn.Module):
@@ -82,7 +98,7 @@ class TokenAwarePooling(nn.Module):
             nn.BatchNorm2d(num_scales),
             nn.Conv2d(num_scales, num_scales, kernel_size=3, padding=1, bias=False),
         )
-        self.last_weights: torch.Tensor | None = None
+        self.last_weights: Optional[torch.Tensor] = None
 
     def predict_weights(self, grid: torch.Tensor) -> torch.Tensor:
         """Branch weights for a channels-last grid (B, H, W, C) -> (B, H, W, K), summing to 1 over K."""
@@ -92,17 +108,20 @@ class TokenAwarePooling(nn.Module):
     def forward_grid(self, grid: torch.Tensor) -> torch.Tensor:
         """TAP on a channels-last grid (B, H, W, C) -> (B, H, W, C)."""
         weights = self.predict_weights(grid)  # (B, H, W, K)
-        self.last_weights = weights.detach()
+        if not torch.jit.is_scripting():  # noqa: SIM102 - TorchScript only skips a bare is_scripting() test
+            if not _is_tracing():
+                self.last_weights = weights.detach()
         if self.num_scales == 1:
             return grid * weights  # weights are all 1; keeps the autograd path of the predictor
         out = grid * weights[..., 0:1]
         pool_weights = weights[..., 1:] * (1.0 / 9.0)  # (B, H, W, K-1): the 1/9 of the mean folded into w_d
         for d in range(1, self.num_scales):
-            # NOTE: each branch costs one copy, 4 in-place adds and 1 fused multiply-add over the grid.
-            out.addcmul_(dilated_box_sum(grid, d), pool_weights[..., d - 1 : d])
+            # NOTE: each branch costs one copy, 4 in-place adds and 1 fused multiply-add over the grid. The result is
+            # reassigned so that a torch.fx graph sees the data flow of the in-place op.
+            out = out.addcmul_(dilated_box_sum(grid, d), pool_weights[..., d - 1 : d])
         return out
 
-    def forward(self, x: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, grid_size: Tuple[int, int]) -> torch.Tensor:
         """TAP on patch tokens.
 
         Args:
@@ -113,10 +132,8 @@ class TokenAwarePooling(nn.Module):
             Pooled tokens (B, N, C).
         """
         B, N, C = x.shape
-        H, W = grid_size
-        if H * W != N:
-            raise ValueError(f"grid {H}x{W} does not match {N} tokens")
-        return self.forward_grid(x.reshape(B, H, W, C)).reshape(B, N, C)
+        check_grid(N, grid_size)
+        return self.forward_grid(x.reshape(B, grid_size[0], grid_size[1], C)).reshape(B, N, C)  # (B, N, C)
 
     def forward_map(self, x: torch.Tensor) -> torch.Tensor:
         """TAP on a feature map (B, C, H, W) -> (B, C, H, W)."""

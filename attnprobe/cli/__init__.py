@@ -11,7 +11,8 @@ from attnprobe.cli._common import app
 
 # NOTE: one module per command group; a group that fails to import must not take the whole CLI down with it
 # during development, but in a release every module is present, so import errors surface loudly.
-_COMMAND_MODULES = ("models", "diagnostics", "benchmark", "robustness_extra", "report", "demo")
+_COMMAND_MODULES = ("models", "diagnostics", "imagenet_c", "clean", "imagenet_p", "imagenet_ar", "pgd", "segmentation",
+                    "report", "demo", "merge")
 for _name in _COMMAND_MODULES:
     try:
         importlib.import_module(f"attnprobe.cli.{_name}")

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import functools
-import json
 import math
+import re
 import sys
 from pathlib import Path
 from collections.abc import Callable
@@ -25,6 +26,9 @@ app = typer.Typer(
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+#: File-system errors that are the machine's state, not a bug: one line and exit code 2 like a `UserError`.
+_RESOURCE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
 #: Where every command's results store lives unless --out says otherwise (one store shared by all commands).
 DEFAULT_OUT = Path("attnprobe-results")
 
@@ -42,13 +46,34 @@ def user_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except UserError as e:
-            err_console.print(f"[bold red]error:[/] {e}", soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {one_line(e)}", soft_wrap=True)
             raise typer.Exit(code=e.exit_code) from None
         except KeyboardInterrupt:
             err_console.print("interrupted; finished work is stored, rerun the same command to resume")
             raise typer.Exit(code=130) from None
+        except OSError as e:  # NOTE: a full or read-only disk met outside the results store (figures, caches, ...)
+            if e.errno not in _RESOURCE_ERRNOS:
+                raise
+            where = f" ({e.filename})" if e.filename else ""
+            err_console.print(f"[bold red]error:[/] {e.strerror}{where}; free some space or use a writable folder, "
+                              f"then rerun the same command (finished work is kept)", soft_wrap=True)
+            raise typer.Exit(code=2) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def one_line(e: UserError) -> str:
+    """The user's message of `e`, also when a DataLoader worker raised it.
+
+    NOTE: torch re-raises a worker's exception as a `UserError` whose message is "Caught UserError in DataLoader
+    worker process 0.", then the worker's traceback, then "attnprobe.errors.UserError: <our message>".
+    """
+    text = str(e)
+    if "Original Traceback" in text:
+        lines = [ln for ln in text.splitlines() if ln.strip()]
+        match = re.match(r"^[\w.]*Error: (.*)$", lines[-1]) if lines else None
+        text = match.group(1) if match else (lines[-1] if lines else text)
+    return text
 
 
 def command(*args: Any, **kwargs: Any) -> Callable[[F], F]:
@@ -72,24 +97,11 @@ def pct(x: float | None, digits: int = 2) -> str:
 
 
 def print_json(payload: Any) -> None:
-    """Write `payload` as JSON to stdout and nothing else."""
-    sys.stdout.write(json.dumps(payload, indent=2, default=_json_default) + "\n")
+    """Write `payload` as strict JSON to stdout and nothing else (NaN and infinities become null)."""
+    from attnprobe.jsonsafe import dumps
+
+    sys.stdout.write(dumps(payload, indent=2) + "\n")
     sys.stdout.flush()
-
-
-def _json_default(obj: Any) -> Any:
-    try:
-        import torch
-
-        if isinstance(obj, torch.Tensor):
-            return obj.tolist()
-    except ImportError:  # pragma: no cover
-        pass
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if hasattr(obj, "__fspath__"):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
 def show_progress(quiet: bool, json_out: bool = False) -> bool:

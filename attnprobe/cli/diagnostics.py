@@ -21,8 +21,6 @@ from rich.table import Table
 
 from attnprobe.cli import _options as O
 from attnprobe.cli._common import command, console, err_console, print_json, show_progress
-from attnprobe.errors import UserError
-
 
 _DATA = typer.Option(None, "--data", help="Folder of images (searched recursively); default: bundled sample photos.")
 _IMAGES = typer.Option(None, "--image", "-i", help="Image file (repeatable); default: bundled sample photos.")
@@ -36,30 +34,32 @@ def _fmt(x: Any, digits: int = 3) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
-def load_entries(models: list[str], ckpts: Optional[list[str]], device: Optional[str], quiet: bool = False) -> list:
-    """Load every `--model` with its `--ckpt` (same order) onto `device` as `ModelEntry`s."""
-    import torch
-
+def load_entries(models: list[str], ckpts: Optional[list[str]], device: Optional[str], quiet: bool = False,
+                 num_classes: Optional[int] = None, precision: str = "fp32") -> list:
+    """Load every `--model` with its `--ckpt` (same order) onto `device` as `ModelEntry`s run in `precision`."""
     from attnprobe.cli._loading import load_cli_model, pair_models
     from attnprobe.diagnostics import ModelEntry
+    from attnprobe.distributed import resolve_device
+    from attnprobe.engine.execution import Execution
 
     pairs = pair_models(models, ckpts)
-    try:
-        dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    except RuntimeError:
-        raise UserError(f"unknown --device {device!r}; use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    dev = resolve_device(device)
+    ex = Execution(precision)
+    ex.check(dev)
 
     def warn(message: str) -> None:
         if not quiet:
             err_console.print(f"[yellow]warning:[/] {message}", soft_wrap=True)
 
-    return [ModelEntry.from_loaded(load_cli_model(name, ckpt, dev, warn=warn)) for name, ckpt in pairs]
+    entries = [ModelEntry.from_loaded(load_cli_model(name, ckpt, dev, warn=warn, num_classes=num_classes))
+               for name, ckpt in pairs]
+    for e in entries:
+        e.precision = ex.precision
+    return entries
 
 
 def _images(data: Optional[Path], image: Optional[list[Path]], n: Optional[int]) -> Any:
-    from attnprobe.data.images import select_images
+    from attnprobe.data.selection import select_images
 
     return select_images(data=data, images=image, n=n)
 
@@ -92,7 +92,15 @@ def _store(out: Path) -> Any:
     return ResultsStore(out)
 
 
+def check_location(out: Path) -> None:
+    from attnprobe.store import check_location as check
+
+    check(out)
+
+
 def _footer(res: Any) -> None:
+    for note in sorted({f"{r['model']}: {n}" for r in res.results for n in r.get("notes", [])}):
+        console.print(f"note: {note}", style="dim", soft_wrap=True)
     if res.out:
         console.print(f"results store: {Path(res.out) / 'results.sqlite'}")
     if res.artifacts:
@@ -112,11 +120,11 @@ def _model_columns_table(title: str, group: list[dict[str, Any]], field: str, su
     table.add_column("layer", justify="right")
     for r in group:
         table.add_column(r["model"], justify="right")
-    n_layers = max((len(r["layers"]) for r in group), default=0)
-    for i in range(n_layers):
+    by_layer = [{lay["layer"]: lay for lay in r["layers"]} for r in group]  # NOTE: a layer may lack a measure
+    for i in sorted({layer for rows in by_layer for layer in rows}):
         cells = []
-        for r in group:
-            lay = r["layers"][i] if i < len(r["layers"]) else None
+        for rows in by_layer:
+            lay = rows.get(i)
             cells.append("" if lay is None else _fmt(lay[field]) + (f" ± {_fmt(lay['std_cosine'])}"
                                                                     if field == "mean_cosine" else ""))
         table.add_row(str(i), *cells)
@@ -130,6 +138,7 @@ def _model_columns_table(title: str, group: list[dict[str, Any]], field: str, su
 def stability_cli(
     model: Optional[list[str]] = O.MODELS,
     ckpt: Optional[list[str]] = O.CKPTS,
+    num_classes: Optional[int] = O.NUM_CLASSES,
     corruption: str = typer.Option("gaussian_noise", "--corruption", "-c", help="ImageNet-C corruption name."),
     severity: Optional[str] = _SEVERITY,
     data: Optional[Path] = _DATA,
@@ -139,6 +148,7 @@ def stability_cli(
     keep_maps: int = typer.Option(2, "--keep-maps", min=0, help="Save full maps of the first K images for figures."),
     batch_size: int = _BATCH,
     device: Optional[str] = O.DEVICE,
+    precision: str = O.PRECISION,
     fresh: bool = _FRESH,
     json_out: bool = O.JSON,
     quiet: bool = O.QUIET,
@@ -150,7 +160,8 @@ def stability_cli(
     validate_corruption(corruption)
     sev = _severities(severity)
     imgs = _images(data, image, n)
-    entries = load_entries(model, ckpt, device, quiet=quiet)
+    check_location(out)  # a bad --out fails before any model is loaded (nothing is created yet)
+    entries = load_entries(model, ckpt, device, quiet=quiet, num_classes=num_classes, precision=precision)
     res = _run(D.stability, quiet, json_out, entries=entries, images=imgs, corruption=corruption, severities=sev,
                store=_store(out), batch_size=batch_size, keep_maps=keep_maps, fresh=fresh)
     if json_out:
@@ -166,6 +177,7 @@ def stability_cli(
 def overfocus_cli(
     model: Optional[list[str]] = O.MODELS,
     ckpt: Optional[list[str]] = O.CKPTS,
+    num_classes: Optional[int] = O.NUM_CLASSES,
     corruption: Optional[str] = typer.Option(None, "--corruption", "-c", help="Also measure corrupted images."),
     severity: Optional[str] = _SEVERITY,
     data: Optional[Path] = _DATA,
@@ -176,6 +188,7 @@ def overfocus_cli(
     out: Path = O.OUT,
     batch_size: int = _BATCH,
     device: Optional[str] = O.DEVICE,
+    precision: str = O.PRECISION,
     fresh: bool = _FRESH,
     json_out: bool = O.JSON,
     quiet: bool = O.QUIET,
@@ -189,7 +202,8 @@ def overfocus_cli(
         validate_corruption(corruption)
     sev = _severities(severity)
     imgs = _images(data, image, n)
-    entries = load_entries(model, ckpt, device, quiet=quiet)
+    check_location(out)  # a bad --out fails before any model is loaded (nothing is created yet)
+    entries = load_entries(model, ckpt, device, quiet=quiet, num_classes=num_classes, precision=precision)
     res = _run(D.overfocus, quiet, json_out, entries=entries, images=imgs, corruption=corruption, severities=sev,
                k=k, tau=tau, store=_store(out), batch_size=batch_size, fresh=fresh)
     if json_out:
@@ -216,6 +230,7 @@ def overfocus_cli(
 def heads_cli(
     model: Optional[list[str]] = O.MODELS,
     ckpt: Optional[list[str]] = O.CKPTS,
+    num_classes: Optional[int] = O.NUM_CLASSES,
     corruption: Optional[str] = typer.Option(None, "--corruption", "-c", help="Also measure corrupted images."),
     severity: Optional[str] = _SEVERITY,
     data: Optional[Path] = _DATA,
@@ -224,6 +239,7 @@ def heads_cli(
     out: Path = O.OUT,
     batch_size: int = _BATCH,
     device: Optional[str] = O.DEVICE,
+    precision: str = O.PRECISION,
     fresh: bool = _FRESH,
     json_out: bool = O.JSON,
     quiet: bool = O.QUIET,
@@ -236,7 +252,8 @@ def heads_cli(
         validate_corruption(corruption)
     sev = _severities(severity)
     imgs = _images(data, image, n)
-    entries = load_entries(model, ckpt, device, quiet=quiet)
+    check_location(out)  # a bad --out fails before any model is loaded (nothing is created yet)
+    entries = load_entries(model, ckpt, device, quiet=quiet, num_classes=num_classes, precision=precision)
     res = _run(D.heads, quiet, json_out, entries=entries, images=imgs, corruption=corruption, severities=sev,
                store=_store(out), batch_size=batch_size, fresh=fresh)
     if json_out:
@@ -253,6 +270,7 @@ def heads_cli(
 def attention_cli(
     model: Optional[list[str]] = O.MODELS,
     ckpt: Optional[list[str]] = O.CKPTS,
+    num_classes: Optional[int] = O.NUM_CLASSES,
     image: Optional[list[Path]] = _IMAGES,
     data: Optional[Path] = _DATA,
     n: Optional[int] = _N,
@@ -261,6 +279,7 @@ def attention_cli(
     out: Path = O.OUT,
     batch_size: int = _BATCH,
     device: Optional[str] = O.DEVICE,
+    precision: str = O.PRECISION,
     fresh: bool = _FRESH,
     json_out: bool = O.JSON,
     quiet: bool = O.QUIET,
@@ -273,7 +292,8 @@ def attention_cli(
         validate_corruption(corruption)
     sev = _severities(severity)
     imgs = _images(data, image, n)
-    entries = load_entries(model, ckpt, device, quiet=quiet)
+    check_location(out)  # a bad --out fails before any model is loaded (nothing is created yet)
+    entries = load_entries(model, ckpt, device, quiet=quiet, num_classes=num_classes, precision=precision)
     res = _run(D.attention_maps, quiet, json_out, entries=entries, images=imgs, corruption=corruption,
                severities=sev, store=_store(out), batch_size=batch_size, fresh=fresh)
     if json_out:

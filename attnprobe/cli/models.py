@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
@@ -17,9 +16,10 @@ def _weights_status(card: dict[str, Any]) -> str:
     ckpt = card.get("checkpoint", {})
     if zoo.bundled_checkpoint(card) is not None:
         return "local (bundled)"
+    if ckpt.get("file"):
+        return f"missing ({ckpt['file']})"
     if ckpt.get("url"):
-        cached = checkpoints.cache_dir() / Path(ckpt["url"]).name
-        return "local (cached)" if cached.is_file() else "by URL"
+        return "local (cached)" if checkpoints.cached_checkpoint(ckpt["url"]) is not None else "by URL"
     if ckpt.get("timm_pretrained"):
         return "timm hub"
     return "none (use --ckpt)"
@@ -70,22 +70,34 @@ def attention_layers(model: Any) -> list[dict[str, Any]]:
     """The attention modules of a model as the capture sees them (name, kind, heads)."""
     from attnprobe.capture import find_attention_layers
 
-    return [{"name": layer.name, "kind": layer.kind, "heads": layer.num_heads} for layer in find_attention_layers(model)]
+    return [{"name": layer.name, "kind": layer.kind, "heads": layer.num_heads}
+            for layer in find_attention_layers(model)]
 
 
 @command("info")
 def info_cli(
-    model: Annotated[str, typer.Argument(help="Zoo name, official name or timm name.")],
-    ckpt: Annotated[Optional[Path], typer.Option("--ckpt", help="Checkpoint file to load (strictly).")] = None,
+    model: Annotated[str, typer.Argument(help="Zoo name, official or timm name, hf-hub:ORG/NAME, local-dir:PATH.")],
+    ckpt: Annotated[Optional[str], typer.Option("--ckpt", help="Checkpoint file or model folder to load (strictly); "
+                                                "'-' for random weights. Default: the published weights when they "
+                                                "are on this machine (info never downloads).")] = None,
+    num_classes: Annotated[Optional[int], typer.Option("--num-classes", min=0, help="Classifier outputs (default: "
+                                                       "as the checkpoint has it).")] = None,
     ema: Annotated[bool, typer.Option("--ema", help="Use the checkpoint's EMA weights.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
 ) -> None:
     """Show a model's configuration, parameter count and the attention layers attnprobe finds."""
-    from attnprobe import zoo
+    import warnings
 
-    loaded = zoo.load_model(model, checkpoint=ckpt, pretrained=False, use_ema=ema)
+    from attnprobe import zoo
+    from attnprobe.cli._loading import weights_arguments
+
+    extra = {"num_classes": num_classes} if num_classes is not None else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", zoo.RandomWeightsWarning)  # info computes nothing with the weights
+        loaded = zoo.load_model(model, use_ema=ema, download=False, **weights_arguments(ckpt), **extra)
     layers = attention_layers(loaded.model)
-    info = {**loaded.describe(), "params": sum(p.numel() for p in loaded.model.parameters()),
+    info = {**loaded.describe(), "num_classes": getattr(loaded.model, "num_classes", None),
+            "params": sum(p.numel() for p in loaded.model.parameters()),
             "kwargs": loaded.card.get("kwargs", {}), "title": loaded.card.get("title"),
             "paper": loaded.card.get("paper", {}), "attention_layers": layers}
     if json_out:
@@ -94,9 +106,13 @@ def info_cli(
     console.print(f"[bold]{model}[/]  {info['title'] or ''}")
     console.print(f"  architecture   {loaded.arch} {info['kwargs'] or ''}")
     console.print(f"  parameters     {info['params']:,}")
-    weights = loaded.checkpoint_path or "random initialisation (pass --ckpt to load weights)"
+    console.print(f"  classes        {info['num_classes']}")
+    weights = {"random": "random initialisation (--ckpt -)",
+               "not-loaded": "not loaded (the published weights are not on this machine; info never downloads; "
+                             "pass --ckpt PATH to check a file)",
+               "timm": "timm's pretrained weights (cached)"}.get(loaded.weights, loaded.checkpoint_path)
     console.print(f"  weights        {weights}")
-    console.print(f"  sha256         {loaded.checkpoint_sha256}")
+    console.print(f"  sha256         {'-' if loaded.weights == 'not-loaded' else loaded.checkpoint_sha256}")
     console.print(f"  preprocessing  {loaded.preprocessing.key()}")
     kinds: dict[str, int] = {}
     for layer in layers:

@@ -20,13 +20,14 @@ import typer
 from attnprobe.cli._common import command, console, err_console, print_json, show_progress
 from attnprobe.errors import UserError
 
-_RESULTS = typer.Argument(..., help="Directory holding the results store (results.sqlite).")
+_RESULTS = typer.Argument(..., help="Folder holding the results store (results.sqlite), or a folder above it, such "
+                                     "as `attnprobe demo --out` wrote.")
 _FORMAT = typer.Option("png,pdf", "--format", "-f", help="Figure formats, comma-separated: png, pdf, svg.")
 _JSON = typer.Option(False, "--json", help="Print what was written as JSON on stdout.")
 _MODELS = typer.Option(None, "--model", "-m", help="Runs to draw (repeat); with --ckpt, also computes what the "
                                                    "store lacks for them.")
-_CKPTS = typer.Option(None, "--ckpt", help="Checkpoint of each --model, in order ('-' for random weights), used only when "
-                                           "values must be computed.")
+_CKPTS = typer.Option(None, "--ckpt", help="Checkpoint of each --model, in order ('-' for random weights), used only "
+                                           "when values must be computed.")
 _DATA = typer.Option(None, "--data", help="Image folder for computing missing values (default: bundled photos).")
 _N = typer.Option(None, "--n", min=1, help="Images to compute missing values on.")
 _DEVICE = typer.Option(None, "--device", help="cpu, cuda or cuda:N, for computing missing values.")
@@ -37,6 +38,25 @@ _LAYER = typer.Option(-1, "--layer", help="Layer of the maps (0-based; negative 
 _BOOT = typer.Option(1000, "--n-bootstrap", min=10, help="Bootstrap resamples for the 95% intervals.")
 _SEED = typer.Option(0, "--seed", help="Bootstrap seed.")
 _QUIET = typer.Option(False, "--quiet", "-q", help="No progress output.")
+
+
+def find_store(folder: Path) -> Path:
+    """The folder holding the results store: `folder` itself, or the one folder below it that holds one (the demo
+    writes its store to `<out>/results`, so `attnprobe report <out>` works on any folder a command wrote)."""
+    from attnprobe.store import STORE_FILENAME
+
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise UserError(f"no results store at {folder} (no such folder); pass the --out folder of an attnprobe "
+                        f"command (it holds {STORE_FILENAME})")
+    if (folder / STORE_FILENAME).is_file():
+        return folder
+    found = sorted({p.parent for pattern in (f"*/{STORE_FILENAME}", f"*/*/{STORE_FILENAME}")
+                    for p in folder.glob(pattern)})
+    if len(found) > 1:
+        raise UserError(f"{folder} holds several results stores ({', '.join(str(p) for p in found[:4])}); pass the "
+                        "one to use")
+    return found[0] if found else folder
 
 
 def _formats(value: str) -> list[str]:
@@ -67,6 +87,9 @@ def report_cli(
     corruption: Optional[str] = _CORRUPTION,
     severity: Optional[int] = _SEVERITY,
     layer: int = _LAYER,
+    source: Optional[str] = typer.Option(None, "--source", help="Data source Table 2 shows where the store holds "
+                                         "several: released, or regenerated (= on-the-fly); default: the full set "
+                                         "first, then released data. Every source is listed apart either way."),
     n_bootstrap: int = _BOOT,
     seed: int = _SEED,
     json_out: bool = _JSON,
@@ -75,9 +98,9 @@ def report_cli(
     from attnprobe.report import build_report
 
     out_dir = out if out is not None else Path(results_dir) / "report"
-    res = build_report(results_dir, out_dir, baseline=baseline, ce_reference=ce_reference, formats=_formats(fmt),
-                       n_resamples=n_bootstrap, seed=seed, condition=corruption, severity=severity, layer=layer,
-                       models=model)
+    res = build_report(find_store(results_dir), out_dir, baseline=baseline, ce_reference=ce_reference,
+                       formats=_formats(fmt), n_resamples=n_bootstrap, seed=seed, condition=corruption,
+                       severity=severity, layer=layer, models=model, source=source)
     if json_out:
         print_json(res.as_dict())
         return
@@ -100,17 +123,18 @@ def _compute_missing(plot: str, results_dir: Path, models: list[str], ckpts: Opt
     missing = missing_for_plot(results_dir, plot, models or None, corruption, severity)
     if not missing:
         return []
+    corr_asked = corruption or "gaussian_noise"
     what = {"heads": "attention maps", "maps": "attention maps of clean and corrupted images",
-            "stability": "attention-stability values"}[plot]
-    first = {"heads": "attnprobe heads --keep-maps 2", "maps": "attnprobe attention --corruption gaussian_noise",
-             "stability": "attnprobe stability --corruption gaussian_noise"}[plot]
+            "stability": "attention-stability values"}[plot] + (f" for {corruption}" if corruption else "")
+    first = {"heads": "attnprobe heads --keep-maps 2", "maps": f"attnprobe attention --corruption {corr_asked}",
+             "stability": f"attnprobe stability --corruption {corr_asked}"}[plot]
     if not models:
         raise UserError(f"the store at {results_dir} has no {what}; pass --model NAME --ckpt FILE to compute them, "
                         f"or run `{first} --model NAME --ckpt FILE --out {results_dir}` first")
     from attnprobe import diagnostics as D
     from attnprobe.cli.diagnostics import load_entries
     from attnprobe.data.corruptions import validate_corruption
-    from attnprobe.data.images import select_images
+    from attnprobe.data.selection import select_images
     from attnprobe.store import ResultsStore
 
     from attnprobe.cli._loading import pair_models
@@ -139,9 +163,11 @@ def _plot(plot: str, results_dir: Path, out: Optional[Path], model: Optional[lis
           quiet: bool, json_out: bool) -> None:
     from attnprobe.report.build import plot_figures
 
+    out_dir = out if out is not None else Path(results_dir) / "figures"
+    # NOTE: a folder that does not exist yet is where the missing values will be computed into.
+    results_dir = find_store(results_dir) if Path(results_dir).expanduser().is_dir() else results_dir
     computed = _compute_missing(plot, results_dir, list(model or []), ckpt, data, n, device, corruption, severity,
                                 quiet, json_out)
-    out_dir = out if out is not None else Path(results_dir) / "figures"
     entries = plot_figures(results_dir, out_dir, plot, models=model or None, image=image, condition=corruption,
                            severity=severity, layer=layer, formats=_formats(fmt), n_resamples=n_bootstrap, seed=seed)
     _print_entries(entries, json_out, {"computed": computed})

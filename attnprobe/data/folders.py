@@ -5,7 +5,7 @@ from the folders that happen to be present: a folder holding 10 classes is score
 1000 logits. Samples are kept sorted by relative path, so chunk boundaries and `--limit` subsets are reproducible.
 
 Each item is `(image tensor, label, ok)`; an unreadable file gives a zero image with `ok=False`, which the
-evaluation loop leaves out of the scoring and counts as skipped (see `attnprobe.evaluate`).
+evaluation loop leaves out of the scoring and counts as skipped (see `attnprobe.engine`).
 """
 
 from __future__ import annotations
@@ -193,10 +193,30 @@ class ImageFolderDataset(Dataset):
             self._blank = torch.zeros_like(self.transform(Image.new("RGB", (256, 256))))
         return self._blank
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, bool]:
-        label = self.samples[i][1]
+    def target(self, i: int) -> Any:
+        """The target of sample `i`: its canonical label (subclasses may return more, e.g. PGD's sample index)."""
+        return self.samples[i][1]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, Any, bool]:
+        target = self.target(i)
         try:
             img = self.load(i)
         except (OSError, ValueError, SyntaxError):  # PIL raises these for truncated or non-image files
-            return self.blank(), label, False
-        return self.transform(self.prepare(img, i)), label, True
+            return self.blank(), target, False
+        return self.transform(self.prepare(img, i)), target, True
+
+    def encoded(self, progressive: bool = True, in_worker: bool = False) -> Dataset | None:
+        """This dataset for the device input path (`attnprobe.data.encoded.EncodedImages`: files as bytes, decoded
+        and transformed on the device with the same result; `in_worker`: decoded by PIL in the loader workers,
+        transformed on the device), or None when its pixels need the CPU (a `load` or `prepare` hook such as
+        corrupting on the fly, or a transform without a tensor version)."""
+        recipe_of = getattr(self.transform, "tensor_recipe", None)
+        plain = type(self).load is ImageFolderDataset.load and type(self).prepare is ImageFolderDataset.prepare
+        if recipe_of is None or not plain:
+            return None
+        recipe = recipe_of()
+        if not recipe.supported:
+            return None
+        from attnprobe.data.encoded import EncodedImages
+
+        return EncodedImages(self, recipe, progressive=progressive, in_worker=in_worker)

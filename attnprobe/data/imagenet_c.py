@@ -100,6 +100,12 @@ class ModelInput:
             img = TF.center_crop(img, [self.size, self.size])
         return TF.normalize(TF.to_tensor(img.convert("RGB")), self.mean, self.std)
 
+    def tensor_recipe(self) -> Any:
+        """The same transform on uint8 tensors (the device input path)."""
+        from attnprobe.data.tensor_transforms import TensorRecipe
+
+        return TensorRecipe(self.interpolation, fit=self.size, mean=tuple(self.mean), std=tuple(self.std))
+
 
 class CleanInput:
     """The model's standard evaluation transform (resize to input/crop_pct, center crop, normalise), picklable."""
@@ -112,6 +118,12 @@ class CleanInput:
         from attnprobe.data.transforms import resize_and_crop
 
         return self.normalize(resize_and_crop(img, self.pre))
+
+    def tensor_recipe(self) -> Any:
+        """The same transform on uint8 tensors (the device input path)."""
+        from attnprobe.data.tensor_transforms import TensorRecipe
+
+        return TensorRecipe.from_preprocessing(self.pre, resize=True, crop=True, fit=True)
 
 
 @dataclass

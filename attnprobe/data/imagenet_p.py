@@ -207,7 +207,7 @@ def _limit(items: list[VideoItem], limit: int | None) -> list[VideoItem]:
 
 
 class ImageNetPDataset(Dataset):
-    """Map-style dataset over a released or regenerated source for the evaluation loop (`attnprobe.evaluate`).
+    """Map-style dataset over a released or regenerated source for the evaluation loop (`attnprobe.engine`).
 
     Item `i` is `(frames, target, ok)`: `frames` is a (T, H, W, 3) uint8 tensor holding one whole video (uint8 keeps
     a 31-frame 224x224 video at 4.7 MB; normalisation happens on the device, frame batch by frame batch);

@@ -23,24 +23,20 @@ if TYPE_CHECKING:
     from attnprobe.zoo import Preprocessing
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageRecord", "ImageSet", "evenly_spaced", "image_files", "image_folder",
-           "load_rgb", "model_input_u8", "normalize_u8", "select_images"]
+           "load_rgb", "model_input_u8", "normalize_u8"]
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 
 
 @dataclass(frozen=True)
 class ImageRecord:
-    """One image: its stable `id` and where it comes from (a file path, or `skimage.data.<name>`)."""
+    """One image: its stable `id` and where it comes from (a file path; subclasses load other sources)."""
 
     id: str
     source: str
 
     def load(self) -> Image.Image:
         """The image as an RGB PIL image."""
-        if self.source.startswith("skimage.data."):
-            from attnprobe.data.samples import load_sample
-
-            return load_sample(self.source.rsplit(".", 1)[-1])
         return load_rgb(self.source)
 
 
@@ -112,22 +108,6 @@ def image_files(paths: Sequence[str | Path]) -> ImageSet:
             seen.add(pid)
             records.append(ImageRecord(id=pid, source=str(p)))
     return ImageSet(dataset="files", records=records)
-
-
-def select_images(data: str | Path | None = None, images: Sequence[str | Path] | None = None,
-                  n: int | None = None) -> ImageSet:
-    """The CLI's image choice: `--data DIR`, or `--image FILE ...`, or else the bundled sample photographs."""
-    if data is not None and images:
-        raise UserError("pass either --data DIR or --image FILE, not both")
-    if data is not None:
-        return image_folder(data, n)
-    if images:
-        chosen = image_files(images)
-        chosen.records = chosen.records[: n if n else None]
-        return chosen
-    from attnprobe.data.samples import sample_images
-
-    return sample_images(n)
 
 
 def model_input_u8(image: Image.Image, pre: Preprocessing) -> np.ndarray:

@@ -8,18 +8,18 @@ The names are stable ids in the results store (dataset `skimage-samples`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from attnprobe.data.images import ImageRecord, ImageSet
 from attnprobe.errors import UserError
 
 if TYPE_CHECKING:
     from PIL import Image
 
-    from attnprobe.data.images import ImageSet
-
-__all__ = ["SAMPLE_DATASET", "SAMPLES", "load_sample", "sample_images", "sample_names"]
+__all__ = ["SAMPLE_DATASET", "SAMPLES", "SampleRecord", "load_sample", "sample_images", "sample_names"]
 
 SAMPLE_DATASET = "skimage-samples"
 
@@ -55,10 +55,16 @@ def load_sample(name: str) -> Image.Image:
     return Image.fromarray(arr[..., :3].astype(np.uint8)).convert("RGB")
 
 
+@dataclass(frozen=True)
+class SampleRecord(ImageRecord):
+    """A bundled photograph: `id` is its name, `source` says where it comes from (`skimage.data.<name>`)."""
+
+    def load(self) -> Image.Image:
+        return load_sample(self.id)
+
+
 def sample_images(n: int | None = None) -> ImageSet:
     """The bundled photographs as an `ImageSet` (the first `n` when given)."""
-    from attnprobe.data.images import ImageRecord, ImageSet
-
     names = sample_names()[: n if n else None]
     return ImageSet(dataset=SAMPLE_DATASET,
-                    records=[ImageRecord(id=name, source=f"skimage.data.{name}") for name in names])
+                    records=[SampleRecord(id=name, source=f"skimage.data.{name}") for name in names])

@@ -12,6 +12,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
 if TYPE_CHECKING:
+    from attnprobe.data.tensor_transforms import TensorRecipe
     from attnprobe.zoo import Preprocessing
 
 _INTERPOLATION = {
@@ -55,6 +56,12 @@ class NormalizeTransform:
     def __call__(self, image: Image.Image) -> torch.Tensor:
         return TF.normalize(TF.to_tensor(image.convert("RGB")), self.mean, self.std)
 
+    def tensor_recipe(self) -> TensorRecipe:
+        """The same transform on uint8 tensors (the device input path)."""
+        from attnprobe.data.tensor_transforms import TensorRecipe
+
+        return TensorRecipe("bicubic", mean=tuple(self.mean), std=tuple(self.std))
+
 
 class EvalTransform:
     """The standard evaluation transform of a model: resize, centre crop, to tensor, normalise (picklable)."""
@@ -65,6 +72,12 @@ class EvalTransform:
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         return self.normalize(resize_and_crop(image, self.pre))
+
+    def tensor_recipe(self) -> TensorRecipe:
+        """The same transform on uint8 tensors (the device input path)."""
+        from attnprobe.data.tensor_transforms import TensorRecipe
+
+        return TensorRecipe.from_preprocessing(self.pre, resize=True, crop=True, fit=False)
 
 
 def normalize_transform(pre: Preprocessing) -> Callable[[Image.Image], torch.Tensor]:

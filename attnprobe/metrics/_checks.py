@@ -9,11 +9,11 @@ EPS = 1e-12
 
 
 def as_maps(attn: torch.Tensor, name: str = "attn") -> torch.Tensor:
-    """Check that `attn` is a (B, H, N, N) tensor and return it as float32 (float64 stays float64)."""
+    """Check that `attn` is a (B, H, N_q, N_k) tensor and return it as float32 (float64 stays float64)."""
     if not isinstance(attn, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(attn).__name__}")
-    if attn.ndim != 4 or attn.shape[-1] != attn.shape[-2]:
-        raise ValueError(f"{name} must have shape (B, H, N, N), got {tuple(attn.shape)}")
+    if attn.ndim != 4 or 0 in attn.shape[-2:]:
+        raise ValueError(f"{name} must have shape (B, H, N_q, N_k), got {tuple(attn.shape)}")
     return attn if attn.dtype == torch.float64 else attn.float()
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,10 +27,12 @@ from typing import Any
 import pandas as pd
 
 from attnprobe.errors import UserError
+from attnprobe.outdir import check_output_folder
 from attnprobe.report import bootstrap as B
 from attnprobe.report import figures as F
 from attnprobe.report import tables as T
 from attnprobe.report.html import FigureEntry, TableEntry, render_index
+from attnprobe.report.segmentation import SEG_TASKS, segmentation_section
 from attnprobe.report.loaders import (
     MapRef,
     attention_map_refs,
@@ -44,8 +46,10 @@ from attnprobe.report.loaders import (
     paper_numbers,
 )
 from attnprobe.report.style import ModelStyles, method_kind, save_figure
+from attnprobe.report.sources import parse_source
 from attnprobe.report.summary import (
     CountingSummary,
+    DiagnosticSummary,
     choose_condition,
     counting_summary,
     diagnostic_summary,
@@ -126,6 +130,7 @@ def load_report_data(store: ResultsStore, baseline: str | None = None,
     """
     runs = models_frame(store)
     cells = cells_frame(store)
+    cells = cells[~cells["task"].isin(SEG_TASKS)] if not cells.empty else cells  # NOTE: drawn by report/segmentation
     chunks = chunks_frame(store)
     diags = {m: diagnostics_frame(store, m) for m in DIAGNOSTIC_METRICS}
     maps = attention_map_refs(store)
@@ -145,6 +150,7 @@ def load_report_data(store: ResultsStore, baseline: str | None = None,
         diags = {m: d[d["key"].isin(keys)] for m, d in diags.items()}
         maps = [m for m in maps if m.key in keys]
     cards = {r.key: (r.card or {}) for r in runs.itertuples(index=False)}
+    maps = [m for m in maps if cards.get(m.key, {}).get("task") != "segmentation"]  # NOTE: supp. Fig. IV draws them
     shas: dict[str, str] = {r.key: r.checkpoint_sha256 for r in runs.itertuples(index=False)}
     for df in (cells, *diags.values()):
         if not df.empty:
@@ -233,6 +239,7 @@ def draw_attention_figures(data: ReportData, out: Path, formats: Sequence[str], 
     sel = [m for m in loaded if m is not None]
     if not sel:
         return []
+    check_layer([m.num_layers for m in sel], layer)  # the files themselves, when the store did not record it
     images = [i for i in images if i in {m.image for m in sel}]
     first = [m for m in sel if m.image == images[0]]
     cond, sev = first[0].condition, first[0].severity
@@ -346,10 +353,17 @@ def _hparam_points(data: ReportData, summary: CountingSummary | None, hparam: st
             m = iv.estimate if iv else math.nan
         if m is None or math.isnan(float(m)):
             continue
+        src = summary.sources.get((k, "mce")) if use_mce else None  # type: ignore[union-attr]
         rows.append({"key": k, "value": v, "metric": float(m), "low": iv.low if iv else math.nan,
-                     "high": iv.high if iv else math.nan, "group": data.styles[k].kind})
+                     "high": iv.high if iv else math.nan, "group": data.styles[k].kind,
+                     "source": src.source.signature if src is not None else None})
+    pts = pd.DataFrame(rows)
+    if use_mce and not pts.empty:
+        # NOTE: one curve is one data source: runs measured on another source than most of them are left out
+        common = pts["source"].value_counts().index[0]
+        pts = pts[pts["source"].map(lambda sig: sig == common)]
     label = "mCE (%)" if use_mce else "Attention cosine"
-    return pd.DataFrame(rows), label, use_mce
+    return pts.drop(columns="source") if not pts.empty else pts, label, use_mce
 
 
 def draw_hparam_figures(data: ReportData, out: Path, formats: Sequence[str], summary: CountingSummary | None,
@@ -376,7 +390,10 @@ def draw_hparam_figures(data: ReportData, out: Path, formats: Sequence[str], sum
             f"fig7_{hp.lower()}", f"Fig. 7: {what} against {F.HPARAMS[hp][1]}",
             f"One point per run whose model card carries {hp} ({len(pts)} runs); error bars: 95% intervals "
             f"({'normal approximation or chunk bootstrap, see Table 2 notes' if use_mce else 'bootstrap over images'})"
-            f"; dashed line: the baseline. {data.checkpoints(list(pts['key']))}",
+            f"; dashed line: the baseline. "
+            + (" ".join(_source_lines(summary, "mce", {k: data.styles.label(k) for k in pts["key"]}, pts["key"]))
+               + " " if use_mce and summary is not None else "")
+            + data.checkpoints(list(pts["key"])),
             save_figure(fig, out / f"fig7_{hp.lower()}", formats)))
     return entries
 
@@ -386,7 +403,8 @@ def build_report(results_dir: str | Path, out_dir: str | Path, baseline: str | N
                  ce_reference: str = "alexnet", formats: Sequence[str] = ("png", "pdf"),
                  n_resamples: int = B.DEFAULT_RESAMPLES, seed: int = 0, condition: str | None = None,
                  severity: int | None = None, layer: int = -1, max_images: int = 3,
-                 models: Sequence[str] | None = None, title: str = "attnprobe report") -> ReportResult:
+                 models: Sequence[str] | None = None, title: str = "attnprobe report",
+                 source: str | None = None) -> ReportResult:
     """Draw every figure and table the store supports into `out_dir` and write `out_dir/index.html`.
 
     Args:
@@ -402,82 +420,176 @@ def build_report(results_dir: str | Path, out_dir: str | Path, baseline: str | N
             noise preferred).
         layer: layer of the attention maps in Fig. 1, 3 and 4 (default: the last).
         models: restrict the report to these runs.
+        source: the data source Table 2 shows where a store holds several: 'released' or 'regenerated'
+            (= 'on-the-fly'); default: the full set first, then released data (every source is listed apart).
     """
     formats = _check_formats(formats)
+    family = parse_source(source)
     out = Path(out_dir).expanduser().resolve()
     with open_store(results_dir) as store:
         data = load_report_data(store, baseline=baseline, models=models)
+    _check_request(data, out, condition, layer)
+    # NOTE: folders are made by the first file written into them, so a refused request leaves nothing behind
+    fig_dir, tab_dir = out / "figures", out / "tables"
+    page = _Page(data, tab_dir)
+    summary = _counting_section(page, fig_dir, formats, ce_reference, n_resamples, seed, family)
+    stab = _diagnostics_section(page, condition, severity, n_resamples, seed)
+    figures = page.figures
+    figures += draw_stability_figures(data, fig_dir, formats, stab.condition if stab else condition,
+                                      stab.severity if stab else severity, n_resamples, seed)
+    figures += draw_attention_figures(data, fig_dir, formats, condition, severity, layer=layer,
+                                      max_images=max_images,
+                                      head_similarity=_last_layer_head_similarity(data, n_resamples, seed)
+                                      if layer == -1 else None)
+    figures += draw_hparam_figures(data, fig_dir, formats, summary, stab.means if stab else None)
+    # segmentation: Table 4, supplementary Tables IV / V, Figs. 6, V, VI (attnprobe.report.segmentation)
+    with open_store(results_dir) as store:
+        seg = segmentation_section(store, fig_dir, tab_dir, formats, data.styles, data.keys, data.baseline, data.cards)
+    page.tables += seg.tables
+    figures += seg.figures
+    page.notes += seg.notes
+    if not figures and not page.tables:
+        page.notes.append("The store holds no results this report can draw yet.")
+    labels = page.labels
+    intro = [f"Results store: {data.store_root}", f"Generated {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} "
+             f"UTC from the store alone (no model loaded).",
+             f"Baseline for changes: {labels.get(data.baseline or '', 'none')}. CE reference: "
+             f"{'AlexNet' if ce_reference.lower() == 'alexnet' else labels.get(ce_reference, ce_reference)}."
+             + (f" Data source asked for: {source}." if family else "")]
+    index = out / "index.html"
+    out.mkdir(parents=True, exist_ok=True)
+    index.write_text(render_index(out, title, intro, _runs_table(data), page.tables, figures, page.notes),
+                     encoding="utf-8")
+    return ReportResult(out_dir=out, index=index, figures=figures, tables=page.tables, notes=page.notes)
+
+
+def check_layer(depths: Iterable[int | None], layer: int) -> None:
+    """Refuse a `--layer` that attention maps of these depths (layer counts; None = unknown) do not have."""
+    depths = [d for d in depths if d]
+    if not depths:
+        return
+    n = min(depths)
+    if not -n <= layer < n:
+        raise UserError(f"--layer {layer} is out of range: the stored attention maps have {n} layers; use 0 to "
+                        f"{n - 1}, or -1 to -{n} counting from the last")
+
+
+def _check_request(data: ReportData, out: Path, condition: str | None, layer: int) -> None:
+    """Refuse what cannot be drawn before writing anything."""
     if out == data.store_root:
         raise UserError("--out must not be the results directory itself; choose e.g. "
                         f"{data.store_root / 'report'}")
+    check_output_folder(out)
     if condition is not None:
         stored = set(data.diagnostics["attention_cosine"]["condition"]) | {m.condition for m in data.maps}
         if condition not in stored:
             raise UserError(f"no attention-stability values or maps for corruption '{condition}'; stored: "
                             f"{', '.join(sorted(stored - {'clean'})) or '(none)'}; drop --corruption or run "
                             f"`attnprobe stability --corruption {condition}` first")
-    fig_dir, tab_dir = out / "figures", out / "tables"
-    fig_dir.mkdir(parents=True, exist_ok=True)
-    tab_dir.mkdir(parents=True, exist_ok=True)
-    notes: list[str] = []
-    tables: list[TableEntry] = []
-    figures: list[FigureEntry] = []
-    labels = {k: data.styles.label(k) for k in data.keys}
-    paper = {k: paper_numbers(data.cards.get(k, {})) for k in data.keys}
-    paper = {k: v for k, v in paper.items() if v}
+    check_layer([m.num_layers for m in data.maps], layer)
 
-    def add_table(t: T.Table, caption: str) -> None:
-        files = T.write_table(t, tab_dir)
-        tables.append(TableEntry(t.name, t.title, caption, T.to_html(t), files))
 
-    # counting benchmarks
-    summary: CountingSummary | None = None
-    if not data.cells.empty:
-        cell_keys = [k for k in data.keys if k in set(data.cells["key"])]
-        summary = counting_summary(data.cells, data.chunks, ce_reference=ce_reference,
-                                   baseline=data.baseline if data.baseline in cell_keys else None,
-                                   n_resamples=n_resamples, seed=seed, keys=cell_keys)
-        ds = "; ".join(f"{task}: {_short(fps)}" for task, fps in summary.datasets.items())
-        sum_cols = [c for c, _, _ in T.SUMMARY_COLUMNS if c in summary.table.columns]
-        if sum_cols:
-            t = T.summary_table(summary.table, labels, data.baseline, summary.intervals, paper,
-                                notes=summary.notes)
-            add_table(t, f"Top-1 accuracy (clean, ImageNet-A/-R, PGD), mCE and mFR in %. Data fingerprints: {ds}. "
-                         f"{data.checkpoints(list(summary.table.index))}")
-        if summary.ce is not None:
-            ref_name = "AlexNet" if ce_reference.lower() == "alexnet" else labels.get(ce_reference, ce_reference)
-            t = T.ce_table(summary.ce, labels, paper, reference=ref_name)
-            add_table(t, f"CE per corruption = mean error over severities 1-5 / {ref_name}'s, in %. "
-                         f"{data.checkpoints(list(summary.ce.index))}")
-            if ce_reference.lower() != "alexnet":
-                notes.append(f"CEs and mCE are normalised by {ref_name}, not by AlexNet: they are not comparable "
-                             f"with published mCE values.")
-        if summary.differences:
-            cols = [(c, h) for c, h, _ in T.SUMMARY_COLUMNS if any(c in d for d in summary.differences.values())]
-            t = T.interval_table(summary.differences, cols, "differences_vs_baseline",
-                                 f"Change against {labels.get(data.baseline or '', data.baseline)} with 95% "
-                                 f"intervals (percentage points).", labels, digits=1, scale=100.0, plusminus=False,
-                                 notes=[n for n in summary.notes if "interval" in n])
-            add_table(t, "Run minus baseline; brackets: 95% interval. For accuracies and mCE the store keeps counts "
-                         "per chunk of 1000 samples, not per image, so intervals come from a paired chunk bootstrap "
-                         "when there are enough chunks, else from a normal approximation that treats the two models "
-                         "as independent (conservative).")
-        if summary.errors:
-            grid = pd.DataFrame([{"model": labels.get(k, k), "corruption": c, "severity": s, "top1_error": e * 100}
-                                 for k, cs in summary.errors.items() for c, ss in cs.items() for s, e in ss.items()])
-            p = tab_dir / "imagenet_c_errors.csv"
-            grid.to_csv(p, index=False, float_format="%.4g")
-            fig = F.fig_corruption_heatmap(summary.errors, data.styles)
-            figures.append(FigureEntry(
-                "imagenet_c_heatmap", "Top-1 error per corruption and severity",
-                f"ImageNet-C top-1 error (%) of each model per corruption (rows) and severity (columns); grey = not "
-                f"evaluated. Data fingerprints: {_short(summary.datasets.get('imagenet_c', []))}. "
-                f"{data.checkpoints(data.styles.sort(summary.errors))} Values: {p.name}.",
-                save_figure(fig, fig_dir / "imagenet_c_heatmap", formats) + [p]))
+class _Page:
+    """What the report page collects while the sections are drawn: tables (written at once), figures, notes."""
 
-    # diagnostics
-    cos = data.diagnostics["attention_cosine"]
-    hs = data.diagnostics["head_similarity"]
+    def __init__(self, data: ReportData, tab_dir: Path) -> None:
+        self.data, self.tab_dir = data, tab_dir
+        self.tables: list[TableEntry] = []
+        self.figures: list[FigureEntry] = []
+        self.notes: list[str] = []
+        self.labels = {k: data.styles.label(k) for k in data.keys}
+        paper = {k: paper_numbers(data.cards.get(k, {})) for k in data.keys}
+        self.paper = {k: v for k, v in paper.items() if v}
+
+    def add_table(self, t: T.Table, caption: str) -> None:
+        files = T.write_table(t, self.tab_dir)
+        self.tables.append(TableEntry(t.name, t.title, caption, T.to_html(t), files))
+
+
+def _counting_section(page: _Page, fig_dir: Path, formats: Sequence[str], ce_reference: str, n_resamples: int,
+                      seed: int, source: str | None) -> CountingSummary | None:
+    """Table 2 and its data sources, Table 3, the differences against the baseline and the ImageNet-C heat map."""
+    data, labels = page.data, page.labels
+    if data.cells.empty:
+        return None
+    cell_keys = [k for k in data.keys if k in set(data.cells["key"])]
+    summary = counting_summary(data.cells, data.chunks, ce_reference=ce_reference,
+                               baseline=data.baseline if data.baseline in cell_keys else None,
+                               n_resamples=n_resamples, seed=seed, keys=cell_keys, source=source)
+    if any(c in summary.table.columns for c, _, _ in T.SUMMARY_COLUMNS):
+        t = T.summary_table(summary.table, labels, data.baseline, summary.intervals, page.paper,
+                            notes=summary.notes, sources=summary.sources)
+        page.add_table(t, "Top-1 accuracy (clean, ImageNet-A/-R, PGD), mCE and mFR in %; the notes name the data "
+                          "source and image count of every column. "
+                          f"{data.checkpoints(list(summary.table.index))}")
+    others = sorted({f"{T.column_header(col)} of {labels.get(key, key)}" for key, col, _, used in summary.alternatives
+                     if not used})
+    if others:  # several sources for some number: list them apart, and say so on the console too
+        page.notes.append(f"The store holds several data sources for {', '.join(others[:4])}"
+                          f"{' and more' if len(others) > 4 else ''}; Table 2 shows one source per number, "
+                          f"table2_sources lists them all (choose with --source).")
+        page.add_table(T.sources_table(summary.alternatives, labels),
+                       "Each data source the store holds for each model and benchmark, with its own number; "
+                       "'In Table 2' marks the one Table 2 shows.")
+    if summary.ce is not None:
+        ref_name = "AlexNet" if ce_reference.lower() == "alexnet" else labels.get(ce_reference, ce_reference)
+        t = T.ce_table(summary.ce, labels, page.paper, reference=ref_name, notes=_source_lines(summary, "mce", labels))
+        page.add_table(t, f"CE per corruption = mean error over severities 1-5 / {ref_name}'s, in %. "
+                          f"{data.checkpoints(list(summary.ce.index))}")
+        if ce_reference.lower() != "alexnet":
+            page.notes.append(f"CEs and mCE are normalised by {ref_name}, not by AlexNet: they are not comparable "
+                              f"with published mCE values.")
+    if summary.differences:
+        cols = [(c, h) for c, h, _ in T.SUMMARY_COLUMNS if any(c in d for d in summary.differences.values())]
+        t = T.interval_table(summary.differences, cols, "differences_vs_baseline",
+                             f"Change against {labels.get(data.baseline or '', data.baseline)} with 95% "
+                             f"intervals (percentage points).", labels, digits=1, scale=100.0, plusminus=False,
+                             notes=[n for n in summary.notes if "interval" in n])
+        page.add_table(t, "Run minus baseline, only where both were measured on the same data source; brackets: 95% "
+                          "interval: a paired bootstrap over images when the store has per-image records, else over "
+                          "chunks when there are enough, else a normal approximation that treats the two models as "
+                          "independent (conservative).")
+    if summary.errors:
+        page.figures.append(_heatmap_entry(page, summary, fig_dir, formats))
+    return summary
+
+
+def _source_lines(summary: CountingSummary, col: str, labels: Mapping[str, str],
+                  keys: Iterable[str] | None = None) -> list[str]:
+    """'Data: FAN-B released ImageNet-C, 50000 images per cell (75 cells); ...' for one column (of `keys`)."""
+    by: dict[str, list[str]] = {}
+    wanted = set(keys) if keys is not None else None
+    for (key, c), g in summary.sources.items():
+        if c == col and (wanted is None or key in wanted):
+            by.setdefault(f"{g.source.words()}, {g.count_words()}", []).append(labels.get(key, key))
+    if len(by) == 1:
+        return [f"Data: {next(iter(by))}."]
+    return ["Data: " + "; ".join(f"{', '.join(ks)}: {text}" for text, ks in by.items()) + "."]
+
+
+def _heatmap_entry(page: _Page, summary: CountingSummary, fig_dir: Path, formats: Sequence[str]) -> FigureEntry:
+    data, labels = page.data, page.labels
+    grid = pd.DataFrame([{"model": labels.get(k, k), "corruption": c, "severity": s, "top1_error": e * 100,
+                          "source": summary.sources[(k, "mce")].source.tag() if (k, "mce") in summary.sources
+                          else ""}
+                         for k, cs in summary.errors.items() for c, ss in cs.items() for s, e in ss.items()])
+    p = page.tab_dir / "imagenet_c_errors.csv"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    grid.to_csv(p, index=False, float_format="%.4g")
+    fig = F.fig_corruption_heatmap(summary.errors, data.styles)
+    return FigureEntry(
+        "imagenet_c_heatmap", "Top-1 error per corruption and severity",
+        f"ImageNet-C top-1 error (%) of each model per corruption (rows) and severity (columns); grey = not "
+        f"evaluated. {' '.join(_source_lines(summary, 'mce', labels))} "
+        f"{data.checkpoints(data.styles.sort(summary.errors))} Values: {p.name}.",
+        save_figure(fig, fig_dir / "imagenet_c_heatmap", formats) + [p])
+
+
+def _diagnostics_section(page: _Page, condition: str | None, severity: int | None, n_resamples: int,
+                         seed: int) -> DiagnosticSummary | None:
+    """The stability / head-similarity table with intervals and the per-layer table; returns the stability."""
+    data = page.data
+    cos, hs = data.diagnostics["attention_cosine"], data.diagnostics["head_similarity"]
     stab = diagnostic_summary(cos, "attention_cosine", condition, severity, data.baseline, data.keys,
                               n_resamples, seed) if not cos.empty else None
     hsum = diagnostic_summary(hs, "head_similarity", "clean", None, data.baseline, data.keys, n_resamples,
@@ -486,80 +598,66 @@ def build_report(results_dir: str | Path, out_dir: str | Path, baseline: str | N
         raise UserError(f"no attention-stability values for corruption '{condition}'; stored: "
                         f"{', '.join(sorted(cos['condition'].unique()))}")
     if stab is not None or hsum is not None:
-        rows: dict[str, dict[str, B.Interval | None]] = {}
-        cols = []
-        if stab is not None:
-            cols += [("stability", f"Stability ({F.pretty_condition(stab.condition, stab.severity)})")]
-            if stab.differences:
-                cols += [("stability_delta", "Δ stability")]
-        if hsum is not None:
-            cols += [("head_similarity", "Head similarity (clean)")]
-            if hsum.differences:
-                cols += [("head_similarity_delta", "Δ head sim.")]
-        for k in data.keys:
-            r: dict[str, B.Interval | None] = {}
-            if stab is not None:
-                r["stability"] = stab.means.get(k)
-                r["stability_delta"] = stab.differences.get(k)
-            if hsum is not None:
-                r["head_similarity"] = hsum.means.get(k)
-                r["head_similarity_delta"] = hsum.differences.get(k)
-            if any(v is not None for v in r.values()):
-                rows[k] = r
-        n_note = []
-        if stab is not None:
-            n_note.append(f"stability over the {stab.n_images} images every model has")
-        if hsum is not None:
-            n_note.append(f"head similarity over {hsum.n_images} images")
-        t = T.interval_table(rows, cols, "attention_stability",
-                             "Attention stability and head similarity (mean ± half of the 95% interval).", labels,
-                             digits=2, scale=1.0,
-                             notes=["Stability: cosine between clean and corrupted attention maps, averaged over "
-                                    "layers and heads per image, then over images. Head similarity: mean cosine "
-                                    "between the maps of all head pairs (lower = more diverse heads).",
-                                    "Intervals: percentile bootstrap over images, the same resampled images for "
-                                    f"every model ({n_resamples} resamples, seed {seed}); Δ = model minus "
-                                    f"{labels.get(data.baseline or '', data.baseline)}, paired over images; "
-                                    + "; ".join(n_note) + "."])
-        paper_hs = {k: v["head_similarity"] for k, v in paper.items() if "head_similarity" in v}
-        extra = (" Paper head similarity: " + ", ".join(f"{labels.get(k, k)} {v:.2f}" for k, v in paper_hs.items())
-                 + ".") if paper_hs else ""
-        ds = sorted(set(stab.datasets if stab else []) | set(hsum.datasets if hsum else []))
-        add_table(t, f"Dataset {_short(ds)}. {data.checkpoints(list(rows))}{extra}")
+        _stability_table(page, stab, hsum, n_resamples, seed)
     frames = {m: d for m, d in data.diagnostics.items() if not d.empty}
-    if frames:
-        pl = per_layer_means(frames, stab.condition if stab else None, stab.severity if stab else None)
-        if not pl.empty:
-            pl = pl.loc[[k for k in data.keys if k in pl.index.get_level_values(0)]]
-            t = T.layer_table(pl, labels, notes=["Stability at " + F.pretty_condition(stab.condition, stab.severity)
-                                                 if stab else "", "Other metrics on clean images, heads averaged "
-                                                 "(head similarity: mean over head pairs)."])
-            t.notes = [n for n in t.notes if n]
-            add_table(t, f"Means over images per layer (layer 1 = first block). {data.checkpoints(data.keys)}")
-    figures += draw_stability_figures(data, fig_dir, formats, stab.condition if stab else condition,
-                                      stab.severity if stab else severity, n_resamples, seed)
-    hs_layer = None
-    if not hs.empty and (hs["condition"] == "clean").any() and layer == -1:
-        hs_clean = hs[hs["condition"] == "clean"]
-        last = hs_clean.groupby("key")["layer"].transform("max")
-        hs_last = hs_clean[hs_clean["layer"] == last]
-        hs_layer = {k: B.bootstrap_mean(g.groupby("image")["value"].mean().to_numpy(), n_resamples, seed)
-                    for k, g in hs_last.groupby("key")}
-    figures += draw_attention_figures(data, fig_dir, formats, condition, severity, layer=layer,
-                                      max_images=max_images, head_similarity=hs_layer)
-    figures += draw_hparam_figures(data, fig_dir, formats, summary, stab.means if stab else None)
-    if not figures and not tables:
-        notes.append("The store holds no results this report can draw yet.")
+    pl = per_layer_means(frames, stab.condition if stab else None, stab.severity if stab else None) \
+        if frames else pd.DataFrame()
+    if not pl.empty:
+        pl = pl.loc[[k for k in data.keys if k in pl.index.get_level_values(0)]]
+        t = T.layer_table(pl, page.labels, notes=["Stability at " + F.pretty_condition(stab.condition, stab.severity)
+                                                  if stab else "", "Other metrics on clean images, heads averaged "
+                                                  "(head similarity: mean over head pairs)."])
+        t.notes = [n for n in t.notes if n]
+        page.add_table(t, f"Means over images per layer (layer 1 = first block). {data.checkpoints(data.keys)}")
+    return stab
 
-    runs_html = _runs_table(data)
-    intro = [f"Results store: {data.store_root}", f"Generated {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} "
-             f"UTC from the store alone (no model loaded).",
-             f"Baseline for changes: {labels.get(data.baseline or '', 'none')}. CE reference: "
-             f"{'AlexNet' if ce_reference.lower() == 'alexnet' else labels.get(ce_reference, ce_reference)}."]
-    index = out / "index.html"
-    page = render_index(out, title, intro, runs_html, tables, figures, notes)
-    index.write_text(page, encoding="utf-8")
-    return ReportResult(out_dir=out, index=index, figures=figures, tables=tables, notes=notes)
+
+def _stability_table(page: _Page, stab: DiagnosticSummary | None, hsum: DiagnosticSummary | None,
+                     n_resamples: int, seed: int) -> None:
+    data, labels = page.data, page.labels
+    cols = []
+    if stab is not None:
+        cols += [("stability", f"Stability ({F.pretty_condition(stab.condition, stab.severity)})")]
+        cols += [("stability_delta", "Δ stability")] if stab.differences else []
+    if hsum is not None:
+        cols += [("head_similarity", "Head similarity (clean)")]
+        cols += [("head_similarity_delta", "Δ head sim.")] if hsum.differences else []
+    rows: dict[str, dict[str, B.Interval | None]] = {}
+    for k in data.keys:
+        r: dict[str, B.Interval | None] = {}
+        for name, s in (("stability", stab), ("head_similarity", hsum)):
+            if s is not None:
+                r[name], r[f"{name}_delta"] = s.means.get(k), s.differences.get(k)
+        if any(v is not None for v in r.values()):
+            rows[k] = r
+    n_note = ([f"stability over the {stab.n_images} images every model has"] if stab is not None else []) + \
+        ([f"head similarity over {hsum.n_images} images"] if hsum is not None else [])
+    t = T.interval_table(rows, cols, "attention_stability",
+                         "Attention stability and head similarity (mean ± half of the 95% interval).", labels,
+                         digits=2, scale=1.0,
+                         notes=["Stability: cosine between clean and corrupted attention maps, averaged over "
+                                "layers and heads per image, then over images. Head similarity: mean cosine "
+                                "between the maps of all head pairs (lower = more diverse heads).",
+                                "Intervals: percentile bootstrap over images, the same resampled images for "
+                                f"every model ({n_resamples} resamples, seed {seed}); Δ = model minus "
+                                f"{labels.get(data.baseline or '', data.baseline)}, paired over images; "
+                                + "; ".join(n_note) + "."])
+    paper_hs = {k: v["head_similarity"] for k, v in page.paper.items() if "head_similarity" in v}
+    extra = (" Paper head similarity: " + ", ".join(f"{labels.get(k, k)} {v:.2f}" for k, v in paper_hs.items())
+             + ".") if paper_hs else ""
+    ds = sorted(set(stab.datasets if stab else []) | set(hsum.datasets if hsum else []))
+    page.add_table(t, f"Dataset {_short(ds)}. {data.checkpoints(list(rows))}{extra}")
+
+
+def _last_layer_head_similarity(data: ReportData, n_resamples: int, seed: int) -> dict[str, B.Interval] | None:
+    """Per run: mean head similarity of its last layer on clean images (the number Fig. 4's titles give)."""
+    hs = data.diagnostics.get("head_similarity", pd.DataFrame())
+    if hs.empty or not (hs["condition"] == "clean").any():
+        return None
+    hs = hs[hs["condition"] == "clean"]
+    last = hs.groupby("key")["layer"].transform("max")
+    return {k: B.bootstrap_mean(g.groupby("image")["value"].mean().to_numpy(), n_resamples, seed)
+            for k, g in hs[hs["layer"] == last].groupby("key")}
 
 
 def _runs_table(data: ReportData) -> str:
@@ -634,18 +732,15 @@ def plot_figures(results_dir: str | Path, out_dir: str | Path, plot: str, models
     with open_store(results_dir) as store:
         data = load_report_data(store, models=models)
     if plot == "stability":
+        check_output_folder(out)
         entries = draw_stability_figures(data, out, formats, condition, severity, n_resamples, seed)
         if not entries:
             raise UserError("the store has no attention-stability values; run `attnprobe stability --model ... "
                             f"--out {data.store_root}` first")
         return entries
-    hs = data.diagnostics.get("head_similarity", pd.DataFrame())
-    hs_layer = None
-    if not hs.empty:
-        hs = hs[hs["condition"] == "clean"]
-        last = hs.groupby("key")["layer"].transform("max")
-        hs_layer = {k: B.bootstrap_mean(g.groupby("image")["value"].mean().to_numpy(), n_resamples, seed)
-                    for k, g in hs[hs["layer"] == last].groupby("key")} if layer == -1 else None
+    check_layer([m.num_layers for m in data.maps], layer)
+    check_output_folder(out)
+    hs_layer = _last_layer_head_similarity(data, n_resamples, seed) if layer == -1 else None
     entries = draw_attention_figures(data, out, formats, condition, severity, image=image, layer=layer,
                                      max_images=max_images, which=PLOTS[plot][0], head_similarity=hs_layer,
                                      max_models=len(models) if models else 5)

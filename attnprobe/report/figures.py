@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -103,14 +104,31 @@ def _vmax(*arrays: np.ndarray | None) -> float:
     return float(max(np.quantile(vals, 0.999), 4.0 / max(n, 1), 1e-12))
 
 
-def _show_map(ax: plt.Axes, m: np.ndarray, vmax: float) -> None:
-    ax.imshow(m, cmap=MAP_CMAP, vmin=0.0, vmax=vmax, interpolation="nearest", aspect="equal")
+def _show_map(ax: plt.Axes, m: np.ndarray, vmax: float) -> Any:
+    im = ax.imshow(m, cmap=MAP_CMAP, vmin=0.0, vmax=vmax, interpolation="nearest", aspect="equal")
     ax.set_xticks([])
     ax.set_yticks([])
     for s in ax.spines.values():
         s.set_visible(True)
         s.set_linewidth(0.4)
         s.set_color("#888888")
+    return im
+
+
+def _colorbar(fig: Figure, image: Any, rect: Sequence[float], horizontal: bool = True,
+              label: str | None = None) -> Any:
+    """A thin colour bar for `image` in figure-fraction `rect` (x0, y0, width, height), ticks at 0 and the top of
+    the scale (attention weights: the share of a row's attention one input token gets)."""
+    cax = fig.add_axes(tuple(rect))
+    cb = fig.colorbar(image, cax=cax, orientation="horizontal" if horizontal else "vertical")
+    top = float(image.get_clim()[1])
+    cb.set_ticks([0.0, top])
+    cb.set_ticklabels(["0", f"{top:.2g}"])
+    cb.ax.tick_params(labelsize=5, length=1.5, width=0.4, pad=1)
+    cb.outline.set_linewidth(0.3)
+    if label:
+        cb.set_label(label, fontsize=5, labelpad=1)
+    return cb
 
 
 def _show_image(ax: plt.Axes, img: np.ndarray | None) -> None:
@@ -158,11 +176,12 @@ def fig1_attention_maps(maps: Sequence[AttentionMaps], styles: ModelStyles | Non
     panel = min((width - 0.3) / (ncols + 0.05 * (ncols - 1)), 1.3)
     titles = [wrap_label(styles.label(r.key), panel * 1.05) for r in recs]
     top_in = 0.12 * max(t.count("\n") + 1 for t in titles) + 0.22
-    height = nrows * panel + (nrows - 1) * 0.05 * panel + top_in + 0.02
+    bar_in = 0.3  # below the maps: one colour bar per model and its tick labels
+    height = nrows * panel + (nrows - 1) * 0.05 * panel + top_in + bar_in
     fig_w = ncols * panel + (ncols - 1) * 0.05 * panel + 0.3
     with plt.rc_context(rc_params()):
         fig, axes = plt.subplots(nrows, ncols, figsize=(fig_w, height), squeeze=False)
-        fig.subplots_adjust(left=0.3 / fig_w, right=1.0, bottom=0.02 / height, top=1.0 - top_in / height,
+        fig.subplots_adjust(left=0.3 / fig_w, right=1.0, bottom=bar_in / height, top=1.0 - top_in / height,
                             wspace=0.05, hspace=0.05)
         first = recs[0]
         _show_image(axes[0, 0], first.image_clean)
@@ -176,13 +195,17 @@ def fig1_attention_maps(maps: Sequence[AttentionMaps], styles: ModelStyles | Non
             clean = _layer_map(r.maps_clean, li)
             corrupt = _layer_map(r.maps_corrupted, li) if r.maps_corrupted is not None else None
             vmax = _vmax(clean, corrupt)
-            _show_map(axes[0, j], clean, vmax)
+            im = _show_map(axes[0, j], clean, vmax)
             axes[0, j].set_title(title, color=styles.color(r.key), fontweight="bold")
             if has_corrupt:
                 if corrupt is not None:
                     _show_map(axes[1, j], corrupt, vmax)
                 else:
                     axes[1, j].axis("off")
+            # NOTE: each model has its own scale (shared by its clean and corrupted map), so each gets a bar
+            pos = axes[-1, j].get_position()
+            _colorbar(fig, im, (pos.x0 + 0.1 * pos.width, 0.2 / height, 0.8 * pos.width, 0.05 / height),
+                      label="attention weight" if j == 1 else None)
         li = _layer_index(layer, first.num_layers)
         fig.text(0.5 + 0.15 / fig_w, 1.0, f"Layer {li + 1} of {first.num_layers}, heads averaged "
                  f"({first.num_tokens}×{first.num_tokens} tokens)", ha="center", va="top", fontsize=7)
@@ -288,8 +311,13 @@ def fig3_attention_grid(maps: Sequence[AttentionMaps], styles: ModelStyles | Non
     titles = [wrap_label(styles.label(k), panel * per_model * 1.05) for k in keys]
     top_in = 0.12 * max(t.count("\n") + 1 for t in titles) + 0.36
     rows = len(images)
-    height = rows * panel * (1 + gap) + top_in
+    bar_in = 0.3  # below the grid: one colour bar per model
+    height = rows * panel * (1 + gap) + top_in + bar_in
     fig_w = left + ncols * panel * (1 + gap) + pair_gap * len(keys)
+    drawn = {(img, k): _pair(by[(img, k)], layer) for img in images for k in keys if (img, k) in by}
+    # NOTE: one colour scale per model over all its images, so one bar per model says what the colours mean
+    vmax = {k: _vmax(*[m for (_, kk), pair in drawn.items() if kk == k for m in pair]) for k in keys
+            if any(kk == k for _, kk in drawn)}
     with plt.rc_context(rc_params()):
         fig = plt.figure(figsize=(fig_w, height))
         axes = np.empty((rows, ncols), dtype=object)
@@ -306,21 +334,23 @@ def fig3_attention_grid(maps: Sequence[AttentionMaps], styles: ModelStyles | Non
             axes[i, 0].set_ylabel(str(img)[:16], fontsize=5.5)
             for j, k in enumerate(keys):
                 c0 = per_model * (1 + j)
-                rec = by.get((img, k))
-                if rec is None:
+                if (img, k) not in drawn:
                     for c in range(per_model):
                         axes[i, c0 + c].axis("off")
                     continue
-                li = _layer_index(layer, rec.num_layers)
-                clean = _layer_map(rec.maps_clean, li)
-                corrupt = _layer_map(rec.maps_corrupted, li) if rec.maps_corrupted is not None else None
-                vmax = _vmax(clean, corrupt)
-                _show_map(axes[i, c0], clean, vmax)
+                clean, corrupt = drawn[(img, k)]
+                _show_map(axes[i, c0], clean, vmax[k])
                 if has_corrupt:
                     if corrupt is not None:
-                        _show_map(axes[i, c0 + 1], corrupt, vmax)
+                        _show_map(axes[i, c0 + 1], corrupt, vmax[k])
                     else:
                         axes[i, c0 + 1].axis("off")
+        for j, k in enumerate(keys):
+            if k in vmax:
+                x0 = left + per_model * (1 + j) * panel * (1 + gap) + pair_gap * (1 + j)
+                w = per_model * panel * (1 + gap) - gap * panel
+                _colorbar(fig, _scale(vmax[k]), ((x0 + 0.1 * w) / fig_w, 0.2 / height, 0.8 * w / fig_w,
+                                                  0.05 / height), label="attention weight" if j == 0 else None)
         # headers: a small clean/corrupted tag over each column, the model label centred over its pair
         tags = ["clean", "corrupted"] if has_corrupt else ["clean"]
         for c in range(ncols):
@@ -335,6 +365,21 @@ def fig3_attention_grid(maps: Sequence[AttentionMaps], styles: ModelStyles | Non
         corr = f"; corrupted: {pretty_condition(cond.condition, cond.severity)}" if has_corrupt else ""
         fig.text(0.5, 1.0, f"Attention maps, {where}, heads averaged{corr}", ha="center", va="top", fontsize=7)
     return fig
+
+
+def _pair(rec: AttentionMaps, layer: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """The head-averaged clean and corrupted (or None) maps of `layer`."""
+    li = _layer_index(layer, rec.num_layers)
+    corrupt = _layer_map(rec.maps_corrupted, li) if rec.maps_corrupted is not None else None
+    return _layer_map(rec.maps_clean, li), corrupt
+
+
+def _scale(vmax: float) -> Any:
+    """A colour mapping 0..vmax in the map colours, for a colour bar that no single image carries."""
+    import matplotlib.cm as cm
+    from matplotlib.colors import Normalize
+
+    return cm.ScalarMappable(norm=Normalize(0.0, vmax), cmap=MAP_CMAP)
 
 
 def fig4_heads(maps: Sequence[AttentionMaps], styles: ModelStyles | None = None, layer: int = -1,
@@ -354,8 +399,9 @@ def fig4_heads(maps: Sequence[AttentionMaps], styles: ModelStyles | None = None,
     styles = _styles(styles, [m.key for m in maps])
     recs = _by_key(maps, styles)
     heads = min(max(r.num_heads for r in recs), max_heads)
-    panel = min(width / (heads * 1.05), 0.9)
-    fig_w = panel * heads * 1.05
+    bar_w = 0.4  # right of each row: the colour bar of its scale and the tick labels
+    panel = min((width - bar_w) / (heads * 1.05), 0.9)
+    fig_w = panel * heads * 1.05 + bar_w
     rows = []
     for r in recs:
         li = _layer_index(layer, r.num_layers)
@@ -391,8 +437,10 @@ def fig4_heads(maps: Sequence[AttentionMaps], styles: ModelStyles | None = None,
                     ax.set_xlabel(f"head {h + 1}", fontsize=5.5, labelpad=1)
                 else:
                     ax.axis("off")
-            fig.text(0.5, top / height, title, ha="center", va="top", color=styles.color(r.key), fontsize=7,
-                     fontweight="bold", linespacing=1.1)
+            _colorbar(fig, _scale(vmax), ((heads * panel * 1.05 + 0.04) / fig_w, y0 / height, 0.05 / fig_w,
+                                          panel / height), horizontal=False)
+            fig.text(0.5 * (fig_w - bar_w) / fig_w, top / height, title, ha="center", va="top",
+                     color=styles.color(r.key), fontsize=7, fontweight="bold", linespacing=1.1)
             top -= rh
     return fig
 
@@ -425,28 +473,35 @@ def figI_layer_maps(maps: Sequence[AttentionMaps], styles: ModelStyles | None = 
     L = min(r.num_layers for r in recs)
     if layers is None:
         layers = sorted({int(round(x)) for x in np.linspace(0, L - 1, min(max_layers, L))})
-    layers = [_layer_index(l, L) for l in layers]
+    layers = [_layer_index(li, L) for li in layers]
     rows = [x for r in recs for x in ([(r, False), (r, True)] if r.maps_corrupted is not None else [(r, False)])]
-    left, top, gap = 0.5, 0.32, 0.05
-    panel = min((width - left) / (len(layers) * (1 + gap)), 1.0)
-    fig_w = left + len(layers) * panel * (1 + gap)
+    left, top, gap, bar_w = 0.5, 0.32, 0.05, 0.4
+    panel = min((width - left - bar_w) / (len(layers) * (1 + gap)), 1.0)
+    fig_w = left + len(layers) * panel * (1 + gap) + bar_w
     height = top + len(rows) * panel * (1 + gap)
+    drawn = {r.key: [_pair(r, li) for li in layers] for r in recs}
+    # NOTE: one colour scale per model over its layers, clean and corrupted: a pale early layer is diffuse attention
+    vmax = {k: _vmax(*[m for pair in pairs for m in pair]) for k, pairs in drawn.items()}
     with plt.rc_context(rc_params()):
         fig = plt.figure(figsize=(fig_w, height))
         for i, (r, corrupt) in enumerate(rows):
             y0 = height - top - (i + 1) * panel * (1 + gap)
-            for j, li in enumerate(layers):
+            for j, (li, (clean, cor)) in enumerate(zip(layers, drawn[r.key])):
                 ax = fig.add_axes(((left + j * panel * (1 + gap)) / fig_w, y0 / height, panel / fig_w,
                                    panel / height))
-                clean = _layer_map(r.maps_clean, li)
-                cor = _layer_map(r.maps_corrupted, li) if r.maps_corrupted is not None else None
-                _show_map(ax, cor if corrupt else clean, _vmax(clean, cor))
+                _show_map(ax, cor if corrupt else clean, vmax[r.key])
                 if i == 0:
                     ax.set_title(f"layer {li + 1}", pad=2)
                 if j == 0:
                     tag = pretty_condition(r.condition) if corrupt else "clean"
                     ax.set_ylabel(f"{wrap_label(styles.label(r.key), left * 0.9, 6)}\n{tag}",
                                   color=styles.color(r.key), fontsize=6)
+            if not corrupt:  # the bar spans the model's rows
+                n_rows = 2 if r.maps_corrupted is not None else 1
+                span = n_rows * panel * (1 + gap) - gap * panel
+                _colorbar(fig, _scale(vmax[r.key]), ((fig_w - bar_w + 0.06) / fig_w,
+                                                     (y0 + panel - span + 0.08) / height, 0.05 / fig_w,
+                                                     (span - 0.16) / height), horizontal=False)
         fig.text(0.5, 1.0, "Attention of intermediate layers (heads averaged)", ha="center", va="top", fontsize=7)
     return fig
 
@@ -514,13 +569,18 @@ def figI_layer_curves(frames: Mapping[str, pd.DataFrame], styles: ModelStyles | 
             ax.set_title(title, fontsize=7)
             ax.grid(linewidth=0.3, color="#dddddd")
             ax.set_axisbelow(True)
-            xs = sorted({int(l) + 1 for l in df["layer"].unique()})
+            xs = sorted({int(li) + 1 for li in df["layer"].unique()})
             step = max(1, math.ceil(len(xs) / 8))
             ax.set_xticks(xs[::step])
-        handles, labels = axes[0, 0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), bbox_to_anchor=(0.5, 1.0),
-                   handlelength=1.5, columnspacing=1.0)
+        # NOTE: every panel's series, once each: a model may have values in one panel only
+        seen: dict[str, Any] = {}
+        for ax in axes[0]:
+            for h, lab in zip(*ax.get_legend_handles_labels()):
+                seen.setdefault(lab, h)
+        order = [styles.label(k) for k in keys if styles.label(k) in seen]
         fig.tight_layout()
+        fig.legend([seen[lab] for lab in order], order, loc="lower center", ncol=min(len(order), 4),
+                   bbox_to_anchor=(0.5, 1.0), handlelength=1.5, columnspacing=1.0)
     return fig
 
 
@@ -549,6 +609,10 @@ def fig7_hyperparameter(points: pd.DataFrame, hparam: str, metric_label: str, st
                         lower_is_better: bool = True, width: float = COLUMN_WIDTH) -> Figure:
     """Fig. 7: a metric against a hyper-parameter over a set of runs.
 
+    Each run is a marker in its own colour (the colour it has in every figure of the report); the runs of one
+    method are joined by a line in that method's colour. The legend, outside the axes on the right, names every
+    line, every run and the baseline.
+
     Args:
         points: columns `key, value` (the hyper-parameter), `metric` (fraction), optional `low, high` (interval)
             and `group` (one line per group, e.g. the method; default one line).
@@ -566,18 +630,21 @@ def fig7_hyperparameter(points: pd.DataFrame, hparam: str, metric_label: str, st
         fig, ax = plt.subplots(figsize=(width, 0.62 * width))
         for g, sub in points.groupby(groups, sort=False):
             sub = sub.sort_values("value")
-            color = styles.color(sub["key"].iloc[0])
             y = sub["metric"].to_numpy(dtype=float) * scale
-            ax.plot(sub["value"], y, color=color, marker=styles[sub["key"].iloc[0]].marker,
-                    label=None if g == "all" else str(g))
-            if {"low", "high"} <= set(sub.columns) and sub["low"].notna().any():
-                lo = y - sub["low"].to_numpy(dtype=float) * scale
-                hi = sub["high"].to_numpy(dtype=float) * scale - y
-                ax.errorbar(sub["value"], y, yerr=[lo, hi], fmt="none", ecolor=color, capsize=1.5, elinewidth=0.7)
+            line = _method_color(str(g), styles, sub["key"])
+            ax.plot(sub["value"], y, color=line, linewidth=1.0, zorder=2, label=None if g == "all" else str(g))
+            for (_, r), yi in zip(sub.iterrows(), y):
+                c = styles.color(r["key"])
+                err = None
+                if {"low", "high"} <= set(sub.columns) and not math.isnan(float(r["low"])):
+                    err = [[yi - r["low"] * scale], [r["high"] * scale - yi]]
+                ax.errorbar([r["value"]], [yi], yerr=err, fmt=styles[r["key"]].marker, color=c, ecolor=c,
+                            markeredgecolor="black", markeredgewidth=0.3, capsize=1.5, elinewidth=0.7, zorder=3,
+                            label=styles.label(r["key"]))
             best = int(np.nanargmin(y) if lower_is_better else np.nanargmax(y))
             ax.annotate(f"{y[best]:.1f}", (sub["value"].iloc[best], y[best]), textcoords="offset points",
                         xytext=(5, -2 if lower_is_better else 2), ha="left", va="top" if lower_is_better else "bottom",
-                        fontsize=6, color=color)
+                        fontsize=6, color=line)
         if baseline is not None and not math.isnan(baseline):
             ax.axhline(baseline * scale, color="#7a7a7a", linestyle="--", linewidth=0.8, label=baseline_label)
         if log and points["value"].min() > 0:
@@ -590,10 +657,21 @@ def fig7_hyperparameter(points: pd.DataFrame, hparam: str, metric_label: str, st
         ax.set_ylabel(metric_label)
         ax.grid(linewidth=0.3, color="#dddddd")
         ax.set_axisbelow(True)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(loc="best")
         fig.tight_layout()
+        if ax.get_legend_handles_labels()[0]:
+            # NOTE: outside the axes, so the legend never covers a point or an error bar
+            ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, handlelength=1.5)
     return fig
+
+
+def _method_color(group: str, styles: ModelStyles, keys: Sequence[str]) -> str:
+    """The line colour of a method's runs: the method's colour (TAP blue, ADL orange, TAP & ADL vermillion)."""
+    from attnprobe.report.style import KIND_COLORS
+
+    kinds = {styles[k].kind for k in keys}
+    kind = {"TAP": "tap", "ADL": "adl", "TAP & ADL": "tapadl"}.get(group) or (kinds.pop() if len(kinds) == 1
+                                                                            else "other")
+    return KIND_COLORS.get(kind, "#333333")
 
 
 def fig_corruption_heatmap(errors: Mapping[str, Mapping[str, Mapping[int, float]]],

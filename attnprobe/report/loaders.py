@@ -30,6 +30,7 @@ __all__ = [
     "flip_probability",
     "imagenet_c_errors",
     "MapRef",
+    "MapsOrigin",
     "attention_map_refs",
     "load_attention_maps",
     "load_attention_pair",
@@ -260,10 +261,9 @@ def _as_fraction(v: float) -> float:
 
 
 @dataclass(frozen=True)
-class MapRef:
-    """Where the maps of one model on one image are: the clean file and, for a corruption, the corrupted file.
-
-    Nothing is read until `load_attention_pair`: a store may hold many large map files, a figure needs a few."""
+class MapsOrigin:
+    """Whose attention maps, on which image and corruption: run key, model, checkpoint_sha256, dataset, image,
+    condition, severity (`condition = "clean"` when there is no corrupted counterpart)."""
 
     key: str
     model: str
@@ -272,17 +272,25 @@ class MapRef:
     image: str
     condition: str
     severity: int
-    clean_path: str | None
-    corrupted_path: str | None
 
 
-@dataclass
-class AttentionMaps:
-    """Saved attention maps of one model on one image, clean and (optionally) corrupted.
+@dataclass(frozen=True)
+class MapRef(MapsOrigin):
+    """Where the maps of one model on one image are: the clean file and, for a corruption, the corrupted file.
+
+    Nothing is read until `load_attention_pair`: a store may hold many large map files, a figure needs a few.
+    `num_layers` is the depth the store recorded for the files (None when it did not)."""
+
+    clean_path: str | None = None
+    corrupted_path: str | None = None
+    num_layers: int | None = None
+
+
+@dataclass(frozen=True)
+class AttentionMaps(MapsOrigin):
+    """Saved attention maps of one model on one image, clean and (optionally) corrupted (see `MapsOrigin`).
 
     Attributes:
-        key: run key; model, checkpoint_sha256, dataset, image, condition, severity: where the maps come from
-            (`condition = "clean"` when there is no corrupted counterpart).
         image_clean, image_corrupted: uint8 (H, W, 3) model inputs (None when not stored).
         maps_clean, maps_corrupted: float32 (L, H, N, N) post-softmax token attention per layer and head, with the
             class/distillation tokens removed (patch tokens only, like the paper's 196 x 196 maps).
@@ -290,17 +298,10 @@ class AttentionMaps:
         meta: the clean file's metadata.
     """
 
-    key: str
-    model: str
-    checkpoint_sha256: str
-    dataset: str
-    image: str
-    condition: str
-    severity: int
-    image_clean: np.ndarray | None
-    image_corrupted: np.ndarray | None
-    maps_clean: np.ndarray
-    maps_corrupted: np.ndarray | None
+    image_clean: np.ndarray | None = None
+    image_corrupted: np.ndarray | None = None
+    maps_clean: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0, 0), dtype=np.float32))
+    maps_corrupted: np.ndarray | None = None
     prefix_tokens: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -351,18 +352,22 @@ def attention_map_refs(store: ResultsStore) -> list[MapRef]:
     plus a clean-only ref for images that have no corrupted file."""
     shas = _shas_per_model(store)
     groups: dict[tuple, dict[tuple[str, int], str]] = {}
+    depth: dict[tuple, int] = {}
     for a in store.artifacts(kind=ATTENTION_MAPS_KIND):
         g = groups.setdefault((a["model"], a["checkpoint_sha256"], a["dataset"], a["image"]), {})
         g[(a["condition"], int(a["severity"]))] = a["abspath"]
+        if isinstance(a["meta"].get("num_layers"), int):
+            depth[(a["model"], a["checkpoint_sha256"])] = a["meta"]["num_layers"]
     refs = []
     for (model, sha, dataset, image), files in sorted(groups.items()):
         key = run_key(model, sha, shas.get(model, 1) > 1)
         clean = files.get(("clean", 0))
         corrupted = [(c, s) for c, s in files if c != "clean"]
+        layers = depth.get((model, sha))
         for c, s in sorted(corrupted):
-            refs.append(MapRef(key, model, sha, dataset, image, c, s, clean, files[(c, s)]))
+            refs.append(MapRef(key, model, sha, dataset, image, c, s, clean, files[(c, s)], layers))
         if clean is not None and not corrupted:
-            refs.append(MapRef(key, model, sha, dataset, image, "clean", 0, clean, None))
+            refs.append(MapRef(key, model, sha, dataset, image, "clean", 0, clean, None, layers))
     return refs
 
 
@@ -374,15 +379,17 @@ def load_attention_pair(ref: MapRef) -> AttentionMaps | None:
     if base is None or base["attn"] is None or (corrupt is not None and corrupt["attn"] is None):
         return None
     if clean is None:  # only the corrupted file exists: draw it as the single map available
-        return AttentionMaps(ref.key, ref.model, ref.checkpoint_sha256, ref.dataset, ref.image, ref.condition,
-                             ref.severity, None, corrupt["image"], corrupt["attn"], None,  # type: ignore[index]
-                             corrupt["prefix_tokens"], corrupt["meta"])  # type: ignore[index]
+        clean, corrupt = corrupt, None
+        image_clean, image_corrupted = None, clean["image"]
+    else:
+        image_clean, image_corrupted = clean["image"], corrupt["image"] if corrupt is not None else None
     maps_c = corrupt["attn"] if corrupt is not None else None
     if maps_c is not None and maps_c.shape != clean["attn"].shape:
         maps_c = None  # different layer layouts cannot be compared panel by panel
-    return AttentionMaps(ref.key, ref.model, ref.checkpoint_sha256, ref.dataset, ref.image, ref.condition,
-                         ref.severity, clean["image"], corrupt["image"] if corrupt is not None else None,
-                         clean["attn"], maps_c, clean["prefix_tokens"], clean["meta"])
+    origin = {f: getattr(ref, f) for f in MapsOrigin.__dataclass_fields__}
+    return AttentionMaps(**origin, image_clean=image_clean, image_corrupted=image_corrupted,
+                         maps_clean=clean["attn"], maps_corrupted=maps_c, prefix_tokens=clean["prefix_tokens"],
+                         meta=clean["meta"])
 
 
 def load_attention_maps(store: ResultsStore, keys: Iterable[str] | None = None, image: str | None = None,

@@ -1,13 +1,18 @@
 """One look for every figure: colours, labels and order per model, font sizes, figure widths, saving.
 
 Every figure function asks `ModelStyles` for a model's colour and label, so one model keeps one colour and one
-label across all figures of a report. Baselines are grey; TAP, ADL and TAP & ADL get the colour-blind-safe
-Okabe-Ito colours the reader meets in every figure (blue, orange, vermillion); anything else takes the next free
-colour in a fixed order.
+label across all figures of a report. The baseline is grey. Every other model's colour is a function of its own
+name and method, not of which other models the report holds, so a model keeps its colour from one report to the
+next. A TAP, ADL or TAP & ADL model at the paper's setting (its card says K = 4, lambda = 1) gets its method's
+Okabe-Ito colour (blue, orange, vermillion: colour-blind safe); other models, e.g. the runs of a K or lambda sweep,
+hash their name into the other hues of their method (TAP blues, ADL oranges, TAP & ADL reds; greens and darks for
+anything else). Only when two models of one report land on the same colour does the later one (in name order) move
+to the next free colour. A model card may pin a colour (`color = "#0072B2"`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import sys
@@ -29,8 +34,11 @@ __all__ = [
     "COLUMN_WIDTH",
     "DPI",
     "FULL_WIDTH",
+    "BASELINE_COLOR",
     "KIND_COLORS",
+    "PALETTE",
     "ModelStyle",
+    "model_color",
     "ModelStyles",
     "figure",
     "method_kind",
@@ -43,16 +51,25 @@ COLUMN_WIDTH = 3.3
 FULL_WIDTH = 6.9
 DPI = 300
 
-#: Colours by method kind (Okabe-Ito, colour-blind safe); baselines are grey.
+#: The baseline's colour.
+BASELINE_COLOR = "#7a7a7a"
+#: Colours by method kind (Okabe-Ito, colour-blind safe), for what stands for a method rather than a model (Fig. 7
+#: lines).
 KIND_COLORS: dict[str, str] = {
-    "baseline": "#7a7a7a",
+    "baseline": BASELINE_COLOR,
     "tap": "#0072B2",
     "adl": "#E69F00",
     "tapadl": "#D55E00",
 }
-#: Colours for models that are none of the above, or for a second model of the same kind.
-EXTRA_COLORS: tuple[str, ...] = ("#009E73", "#CC79A7", "#56B4E9", "#000000", "#8C564B", "#BCBD22", "#17BECF",
-                                 "#393B79", "#AD494A", "#637939")
+#: The hues each method's models are hashed into (the first of each is its Okabe-Ito colour).
+KIND_PALETTES: dict[str, tuple[str, ...]] = {
+    "tap": ("#0072B2", "#56B4E9", "#393B79", "#17BECF"),
+    "adl": ("#E69F00", "#8C564B", "#BCBD22"),
+    "tapadl": ("#D55E00", "#CC79A7", "#AD494A"),
+    "other": ("#009E73", "#000000", "#637939", "#9467BD"),
+}
+#: Every colour a model can get, in the order a collision moves through them.
+PALETTE: tuple[str, ...] = tuple(c for kind in ("tap", "adl", "tapadl", "other") for c in KIND_PALETTES[kind])
 _KIND_ORDER = {"baseline": 0, "tap": 1, "adl": 2, "tapadl": 3, "other": 4}
 _KIND_MARKERS = {"baseline": "o", "tap": "s", "adl": "^", "tapadl": "D", "other": "v"}
 
@@ -150,6 +167,55 @@ def _family(model: str, card: Mapping[str, Any]) -> str:
     return re.split(r"[_\-]", model.lower())[0]
 
 
+#: Hyper-parameters of the paper's setting (Guo et al.: K = 4 TAP branches, ADL weight 1).
+_PAPER_SETTING = {"tap": {"num_scales": 4}, "adl": {"adl_weight": 1.0}, "tapadl": {"num_scales": 4, "adl_weight": 1.0}}
+
+
+def model_color(model: str, kind: str = "other", card: Mapping[str, Any] | None = None) -> str:
+    """A model's own colour, from its name, method and card alone (stable across reports, processes, machines):
+    the method's colour at the paper's setting, else the name hashed into the method's other hues."""
+    hues = KIND_PALETTES.get(kind, KIND_PALETTES["other"])
+    hp = (card or {}).get("hparams")
+    paper = _PAPER_SETTING.get(kind)
+    if paper and isinstance(hp, Mapping) and all(_close(hp.get(k), v) for k, v in paper.items()):
+        return hues[0]
+    pool = hues[1:] if paper else hues
+    digest = hashlib.sha1(model.encode("utf-8")).digest()
+    return pool[int.from_bytes(digest[:4], "big") % len(pool)]
+
+
+def _close(a: Any, b: float) -> bool:
+    return isinstance(a, (int, float)) and not isinstance(a, bool) and abs(float(a) - b) < 1e-9
+
+
+def _free_color(first: str, used: set[str], kind: str = "other") -> str:
+    """`first` if free, else the next free hue of the method, else the next free palette colour (dark grey when
+    everything is taken)."""
+    hues = KIND_PALETTES.get(kind, KIND_PALETTES["other"])
+    start = hues.index(first) if first in hues else 0
+    order = [hues[(start + i) % len(hues)] for i in range(len(hues))]
+    p0 = PALETTE.index(first) if first in PALETTE else 0
+    order += [PALETTE[(p0 + i) % len(PALETTE)] for i in range(len(PALETTE))]
+    return next((c for c in order if c not in used), "#333333")
+
+
+def _assign_colors(names: Sequence[str], cards: Mapping[str, Mapping[str, Any]], baseline: str | None,
+                   kinds: Mapping[str, str]) -> dict[str, str]:
+    """Baseline grey; pinned card colours; every other model its hashed colour, collisions resolved in name order."""
+    out: dict[str, str] = {}
+    if baseline in names:
+        out[baseline] = BASELINE_COLOR  # type: ignore[index]
+    for m in sorted(names):
+        pinned = cards.get(m, {}).get("color")
+        if m not in out and isinstance(pinned, str) and pinned not in out.values():
+            out[m] = pinned
+    for m in sorted(names):
+        if m not in out:
+            kind = kinds.get(m, "other")
+            out[m] = _free_color(model_color(m, kind, cards.get(m)), set(out.values()) | {BASELINE_COLOR}, kind)
+    return out
+
+
 @dataclass(frozen=True)
 class ModelStyle:
     """How one model is drawn everywhere."""
@@ -186,26 +252,21 @@ class ModelStyles:
             families.setdefault(_family(m, cards.get(m, {})), len(families))
         ordered = sorted(names, key=lambda m: (m != baseline, families[_family(m, cards.get(m, {}))],
                                                _KIND_ORDER[kinds[m]], m))
-        used: set[str] = set()
-        extra = iter(EXTRA_COLORS * 10)
+        colors = _assign_colors(names, cards, baseline, kinds)
         self._styles: dict[str, ModelStyle] = {}
         for i, m in enumerate(ordered):
-            color = KIND_COLORS.get(kinds[m])
-            if color is None or color in used:
-                color = next(c for c in extra if c not in used)
-            used.add(color)
             card = cards.get(m, {})
             label = str(card.get("label") or card.get("display_name") or card.get("title") or m.split("@")[0])
             if "@" in m:  # several checkpoints of one model: the short hash tells them apart
                 label += f" @{m.split('@', 1)[1]}"
-            self._styles[m] = ModelStyle(model=m, label=label, color=color, marker=_KIND_MARKERS[kinds[m]],
+            self._styles[m] = ModelStyle(model=m, label=label, color=colors[m], marker=_KIND_MARKERS[kinds[m]],
                                          kind=kinds[m], order=i)
 
     def __getitem__(self, model: str) -> ModelStyle:
         if model not in self._styles:
             # NOTE: a model added after the palette was fixed still gets a stable colour of its own.
             used = {s.color for s in self._styles.values()}
-            color = next((c for c in EXTRA_COLORS if c not in used), "#333333")
+            color = _free_color(model_color(model), used)  # "other": nothing is known of its method
             self._styles[model] = ModelStyle(model, model, color, "v", "other", len(self._styles))
         return self._styles[model]
 

@@ -17,13 +17,18 @@ import pandas as pd
 from attnprobe.errors import UserError
 from attnprobe.report import bootstrap as B
 from attnprobe.report.loaders import flip_probability, per_image
+from attnprobe.report.sources import TASK_NAMES, SourceGroup, choose_group, group_cells
 
 __all__ = [
     "ACCURACY_TASKS",
+    "COLUMN_TASKS",
+    "ColumnResult",
     "CountingSummary",
     "DiagnosticSummary",
     "ce_reference_errors",
     "chunk_index",
+    "column_result",
+    "comparable",
     "sample_index",
     "choose_condition",
     "counting_summary",
@@ -38,6 +43,35 @@ ACCURACY_TASKS: dict[str, str] = {"clean": "clean", "imagenet_a": "imagenet_a", 
 SEVERITIES = (1, 2, 3, 4, 5)
 
 
+#: Table 2 column -> the benchmark task it is computed from.
+COLUMN_TASKS: dict[str, str] = {"clean": "clean", "mce": "imagenet_c", "mfr": "imagenet_p",
+                                "imagenet_a": "imagenet_a", "imagenet_r": "imagenet_r", "pgd": "pgd"}
+
+# weights of a linear statistic of cell errors: value = const + sum_i w_i * error_i, cells (task, dataset, cond, sev)
+Linear = tuple[float, dict[tuple, float]]
+
+
+@dataclass
+class ColumnResult:
+    """One Table 2 number of one run, computed from the cells of one source group.
+
+    Attributes:
+        value: the number (fraction).
+        group: the cells it was computed from (and their source).
+        partial: a mean over fewer corruptions / perturbations than the benchmark has (not an mCE / mFR).
+        interval: its 95% interval when it has a closed form (accuracies: Wilson).
+        linear: the statistic as a weighted sum of cell errors (for bootstrap intervals and differences).
+        errors: ImageNet-C errors per corruption and severity of the group.
+    """
+
+    value: float
+    group: SourceGroup
+    partial: bool = False
+    interval: B.Interval | None = None
+    linear: Linear | None = None
+    errors: dict[str, dict[int, float]] | None = None
+
+
 @dataclass
 class CountingSummary:
     """Counting-benchmark numbers per run.
@@ -45,11 +79,13 @@ class CountingSummary:
     Attributes:
         table: index = run keys; columns clean, mce, mce_partial, mfr, mfr_partial, imagenet_a, imagenet_r, pgd.
         intervals: (run key, column) -> 95% interval of the value.
-        differences: run key -> column -> 95% interval of (run - baseline).
-        errors: run key -> corruption -> severity -> top-1 error (ImageNet-C).
+        differences: run key -> column -> 95% interval of (run - baseline); only between numbers of one source.
+        errors: run key -> corruption -> severity -> top-1 error (ImageNet-C, the source the table uses).
         ce: the Table 3 frame (percent) or None when no corruption has all five severities.
-        datasets: task -> dataset fingerprints seen.
-        notes: what was used (reference of the CE, interval methods, partial tables).
+        datasets: task -> dataset fingerprints the table uses.
+        notes: what was used (reference of the CE, interval methods, partial tables, several sources).
+        sources: (run key, column) -> the source group each table number comes from.
+        alternatives: every (run key, column) number of every source the store holds, for the sources table.
     """
 
     table: pd.DataFrame
@@ -59,6 +95,8 @@ class CountingSummary:
     ce: pd.DataFrame | None = None
     datasets: dict[str, list[str]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    sources: dict[tuple[str, str], SourceGroup] = field(default_factory=dict)
+    alternatives: list[tuple[str, str, ColumnResult, bool]] = field(default_factory=list)
 
 
 def usable_errors(errors: Mapping[str, Mapping[int, float]]) -> dict[str, dict[int, float]]:
@@ -94,78 +132,119 @@ def ce_reference_errors(reference: str, errors: Mapping[str, Mapping[str, Mappin
     return out, reference
 
 
-def _pick_dataset(sub: pd.DataFrame, notes: list[str], what: str) -> pd.DataFrame:
-    """One dataset per run and task: the fingerprint with the most evaluated samples (noted if several)."""
-    if sub["dataset"].nunique() <= 1:
-        return sub
-    sizes = sub.groupby("dataset")["n"].sum().sort_values(ascending=False)
-    notes.append(f"{what}: results on {len(sizes)} datasets; the table uses {sizes.index[0][:16]} (most samples).")
-    return sub[sub["dataset"] == sizes.index[0]]
+def _slot(r: Any) -> tuple:
+    return (r.task, r.dataset, r.condition, int(r.severity))
+
+
+def accuracy_result(group: SourceGroup) -> ColumnResult:
+    """Top-1 accuracy of a single-cell group (clean, ImageNet-A/-R, PGD) with its Wilson interval."""
+    r = next(group.cells.sort_values("n", ascending=False).itertuples(index=False))
+    return ColumnResult(value=float(r.accuracy), group=group, interval=B.wilson_interval(int(r.correct), int(r.n)),
+                        linear=(1.0, {_slot(r): -1.0}))
+
+
+def imagenet_c_errors_of(group: SourceGroup | None) -> dict[str, dict[int, float]]:
+    """`{corruption: {severity: top-1 error}}` of an ImageNet-C group."""
+    out: dict[str, dict[int, float]] = {}
+    for r in (group.cells.itertuples(index=False) if group is not None else ()):
+        out.setdefault(r.condition, {})[int(r.severity)] = float(r.error)
+    return out
+
+
+def mce_result(group: SourceGroup, reference: Mapping[str, float] | None) -> ColumnResult | None:
+    """mCE (or the mean CE of a partial table) of an ImageNet-C group; None without a corruption at all five
+    severities. `reference`: severity-averaged errors to normalise by (None: AlexNet's)."""
+    from attnprobe import robustness as R
+    from attnprobe.protocol import alexnet_errors
+
+    errors = imagenet_c_errors_of(group)
+    usable = usable_errors(errors)
+    if reference is not None:
+        usable = {c: v for c, v in usable.items() if c in reference}
+    if not usable:
+        return None
+    alex = reference if reference is not None else alexnet_errors()
+    ce = R.corruption_errors(usable, alexnet=alex)
+    rows = {(r.condition, int(r.severity)): _slot(r) for r in group.cells.itertuples(index=False)}
+    weights = {rows[(c, sv)]: 1.0 / (len(usable) * 5 * alex[c]) for c in usable for sv in SEVERITIES}
+    return ColumnResult(value=sum(ce.values()) / len(ce), group=group, partial=not R.is_complete(usable),
+                        linear=(0.0, weights), errors=errors)
+
+
+def mfr_result(group: SourceGroup) -> ColumnResult | None:
+    """mFR (or the mean FR of the perturbations present) of an ImageNet-P group; None without usable flip sums."""
+    from attnprobe import robustness as R
+    from attnprobe.protocol import alexnet_flip_probabilities, test_perturbations
+
+    known = set(alexnet_flip_probabilities())
+    fps = {r.condition: flip_probability(int(r.n), r.extra or {}) for r in group.cells.itertuples(index=False)}
+    fps = {p: v for p, v in fps.items() if not math.isnan(v) and p in known}
+    if not fps:
+        return None
+    if all(p in fps for p in test_perturbations()):
+        return ColumnResult(value=R.mfr(fps), group=group)
+    rates = R.flip_rates(fps)
+    return ColumnResult(value=sum(rates.values()) / len(rates), group=group, partial=True)
+
+
+def column_result(col: str, group: SourceGroup, reference: Mapping[str, float] | None = None) -> \
+        ColumnResult | None:
+    """The Table 2 number `col` of one source group (None when the group cannot give it)."""
+    if col == "mce":
+        return mce_result(group, reference)
+    if col == "mfr":
+        return mfr_result(group)
+    return accuracy_result(group)
+
+
+def _choose_groups(cells: pd.DataFrame, keys: Sequence[str], source: str | None, notes: list[str]
+                   ) -> tuple[dict[tuple[str, str], list[SourceGroup]], dict[tuple[str, str], SourceGroup]]:
+    """Every run's source groups per task, and the one each Table 2 column shows (see `sources.choose_group`)."""
+    groups = group_cells(cells)
+    chosen: dict[tuple[str, str], SourceGroup] = {}
+    for key in keys:
+        for col, task in COLUMN_TASKS.items():
+            options = groups.get((key, task))
+            g = choose_group(options, source)
+            if g is not None:
+                chosen[(key, col)] = g
+                notes.extend(g.notes)
+            elif options:
+                notes.append(f"{key}: no {TASK_NAMES[task]} results from {source} data (--source); "
+                             f"{len(options)} other source(s) stored.")
+    return groups, chosen
 
 
 def counting_summary(cells: pd.DataFrame, chunks: pd.DataFrame | None = None, ce_reference: str = "alexnet",
                      baseline: str | None = None, n_resamples: int = B.DEFAULT_RESAMPLES, seed: int = 0,
-                     keys: Sequence[str] | None = None) -> CountingSummary:
-    """Compute the Table 2 numbers of every run in `cells`, with intervals and changes against `baseline`."""
+                     keys: Sequence[str] | None = None, source: str | None = None) -> CountingSummary:
+    """Compute the Table 2 numbers of every run in `cells`, with intervals and changes against `baseline`.
+
+    Each number comes from the cells of one data source (`attnprobe.report.sources`): the full set before any
+    `--limit` subset, released before generated data unless `source` ('released' / 'generated', see
+    `sources.parse_source`) says otherwise. The numbers of the other sources are in `alternatives`.
+    """
     from attnprobe import robustness as R
-    from attnprobe.protocol import alexnet_errors, alexnet_flip_probabilities, test_perturbations
 
     notes: list[str] = []
     keys = list(keys) if keys is not None else sorted(cells["key"].unique()) if not cells.empty else []
     if baseline is not None and baseline not in keys:
         raise UserError(f"--baseline '{baseline}' is not in this store; choose one of: {', '.join(keys)}")
-    vals: dict[str, dict[str, Any]] = {k: {} for k in keys}
-    intervals: dict[tuple[str, str], B.Interval] = {}
-    datasets = {t: sorted(cells.loc[cells["task"] == t, "dataset"].unique()) for t in cells["task"].unique()} \
-        if not cells.empty else {}
-    # weights of the linear statistics (value = const + sum_i w_i * error_i) per (key, column), for differences
-    linear: dict[tuple[str, str], tuple[float, dict[tuple, float]]] = {}
-    cell_err: dict[tuple, tuple[float, int]] = {}  # (key, task, dataset, condition, severity) -> (error, n)
-    for r in cells.itertuples(index=False):
-        cell_err[(r.key, r.task, r.dataset, r.condition, int(r.severity))] = (float(r.error), int(r.n))
-    groups = {gk: g for gk, g in cells.groupby(["key", "task"], sort=False)} if not cells.empty else {}
-
-    for task, col in ACCURACY_TASKS.items():
-        for key in keys:
-            sub = groups.get((key, task))
-            if sub is None or sub.empty:
-                continue
-            if task == "pgd" and (sub["condition"] == "pgd5").any():
-                sub = sub[sub["condition"] == "pgd5"]  # the paper's PGD-5 setting first
-            sub = _pick_dataset(sub, notes, f"{key} {task}")
-            r = sub.sort_values("n", ascending=False).iloc[0]
-            vals[key][col] = float(r["accuracy"])
-            intervals[(key, col)] = B.wilson_interval(int(r["correct"]), int(r["n"]))
-            linear[(key, col)] = (1.0, {(task, r["dataset"], r["condition"], int(r["severity"])): -1.0})
-
-    # ImageNet-C: one cell per (run, corruption, severity); with several datasets, the one with most samples
-    best: dict[tuple[str, str, int], Any] = {}
-    for key in keys:
-        sub = groups.get((key, "imagenet_c"))
-        for r in (sub.itertuples(index=False) if sub is not None else ()):
-            k = (key, r.condition, int(r.severity))
-            if k not in best or r.n > best[k].n:
-                best[k] = r
-    errors: dict[str, dict[str, dict[int, float]]] = {}
-    for (key, c, sv), r in best.items():
-        errors.setdefault(key, {}).setdefault(c, {})[sv] = float(r.error)
+    groups, chosen = _choose_groups(cells, keys, source, notes)
+    errors = {k: imagenet_c_errors_of(g) for (k, col), g in chosen.items() if col == "mce"}
     ref, ref_name = ce_reference_errors(ce_reference, errors) if errors else (None, "AlexNet")
-    alex = ref if ref is not None else alexnet_errors()
-    ce_rows: dict[str, dict[str, dict[int, float]]] = {}
-    for key in keys:
-        usable = usable_errors(errors.get(key, {}))
-        if ref is not None:
-            usable = {c: v for c, v in usable.items() if c in ref}
-        if not usable:
-            continue
-        ce_rows[key] = usable
-        ce = R.corruption_errors(usable, alexnet=alex)
-        vals[key]["mce"] = sum(ce.values()) / len(ce)
-        vals[key]["mce_partial"] = not R.is_complete(usable)
-        linear[(key, "mce")] = (0.0, {("imagenet_c", best[(key, c, sv)].dataset, c, sv):
-                                      1.0 / (len(usable) * 5 * alex[c]) for c in usable for sv in SEVERITIES})
-    ce_frame = R.ce_table(ce_rows, percent=True, alexnet=alex) if ce_rows else None
-    lacking = sorted(k for k in keys if errors.get(k) and k not in ce_rows)
+    results: dict[tuple[str, str], ColumnResult] = {}
+    for (key, col), g in chosen.items():
+        res = column_result(col, g, ref)
+        if res is not None:
+            results[(key, col)] = res
+        elif col == "mfr":
+            notes.append(f"{key}: ImageNet-P cells carry no flip sums the report understands; mFR left out.")
+    ce_rows = {k: usable_errors(r.errors or {}) for (k, col), r in results.items() if col == "mce"}
+    ce_rows = {k: ({c: v for c, v in e.items() if c in ref} if ref is not None else e) for k, e in ce_rows.items()}
+    ce_frame = R.ce_table({k: ce_rows[k] for k in keys if k in ce_rows}, percent=True, alexnet=ref) \
+        if ce_rows else None
+    lacking = sorted(k for k in keys if errors.get(k) and (k, "mce") not in results)
     if lacking:
         notes.append(f"ImageNet-C of {', '.join(lacking)}: no benchmark corruption evaluated at all five severities, "
                      f"so no CE or mCE (the per-cell errors are in the heat map).")
@@ -173,65 +252,90 @@ def counting_summary(cells: pd.DataFrame, chunks: pd.DataFrame | None = None, ce
         notes.append(f"CE normalised by {ref_name}" + ("" if ref is None else " (a model of this store, not AlexNet: "
                                                                              "these CEs are not comparable to the "
                                                                              "paper's)") + ".")
+    notes += _several_sources_notes(groups, chosen, keys)
+    alternatives = [(g.key, col, r, chosen.get((g.key, col)) is g) for (key, task), gs in groups.items()
+                    if key in keys for g in gs for col in [c for c, t in COLUMN_TASKS.items() if t == task]
+                    if (r := column_result(col, g, ref)) is not None]
+    table = _table(results, keys)
+    intervals, differences, methods = _intervals(results, baseline, keys, chunks, n_resamples, seed)
+    if any(c in table.columns for c in ACCURACY_TASKS.values()):
+        notes.append("± is half the 95% interval; accuracies use the Wilson binomial interval.")
+    if methods:
+        notes.append("Intervals of the mCE and of differences: " + "; ".join(sorted(methods)) + ".")
+    if "mfr" in table.columns:
+        notes.append("mFR has no interval (the store keeps flip sums per chunk, not per video).")
+    datasets: dict[str, list[str]] = {}
+    for (key, col), r in results.items():
+        datasets.setdefault(COLUMN_TASKS[col], [])
+        datasets[COLUMN_TASKS[col]] = sorted(set(datasets[COLUMN_TASKS[col]]) | set(r.group.cells["dataset"]))
+    return CountingSummary(table=table, intervals=intervals, differences=differences,
+                           errors={k: e for k, e in errors.items() if e}, ce=ce_frame, datasets=datasets,
+                           notes=notes, sources={k: r.group for k, r in results.items()}, alternatives=alternatives)
 
-    # ImageNet-P: flip probability per perturbation at difficulty 1 (severity 1, or 0 when not recorded)
-    for key in keys:
-        sub = groups.get((key, "imagenet_p"))
-        if sub is None or sub.empty:
-            continue
-        sub = sub[sub["severity"].isin([0, 1])]
-        fps = {r.condition: flip_probability(int(r.n), r.extra or {}) for r in sub.itertuples(index=False)}
-        fps = {p: v for p, v in fps.items() if not math.isnan(v)}
-        known = set(alexnet_flip_probabilities())
-        fps = {p: v for p, v in fps.items() if p in known}
-        if not fps:
-            notes.append(f"{key}: ImageNet-P cells carry no flip sums the report understands; mFR left out.")
-            continue
-        tests = test_perturbations()
-        if all(p in fps for p in tests):
-            vals[key]["mfr"] = R.mfr(fps)
-            vals[key]["mfr_partial"] = False
-        else:
-            rates = R.flip_rates(fps)
-            vals[key]["mfr"] = sum(rates.values()) / len(rates)
-            vals[key]["mfr_partial"] = True
 
+def _several_sources_notes(groups: Mapping[tuple[str, str], list[SourceGroup]],
+                           chosen: Mapping[tuple[str, str], SourceGroup], keys: Sequence[str]) -> list[str]:
+    """One note per benchmark for which some run has results from several sources."""
+    out = []
+    for col, task in COLUMN_TASKS.items():
+        several = [k for k in keys if len(groups.get((k, task), ())) > 1]
+        if several:
+            out.append(f"{TASK_NAMES[task]}: {', '.join(several)} ha{'s' if len(several) == 1 else 've'} results "
+                       f"from {max(len(groups[(k, task)]) for k in several)} data sources; the table shows one "
+                       f"source per number (full set first, then released data), never a mix; every source is "
+                       f"listed apart in the data-sources table.")
+    return out
+
+
+def _table(results: Mapping[tuple[str, str], ColumnResult], keys: Sequence[str]) -> pd.DataFrame:
+    vals: dict[str, dict[str, Any]] = {k: {} for k in keys}
+    for (key, col), r in results.items():
+        vals[key][col] = r.value
+        if col in ("mce", "mfr"):
+            vals[key][f"{col}_partial"] = r.partial
     table = pd.DataFrame.from_dict(vals, orient="index").reindex(keys)
     table.index.name = "key"
-    # intervals of mCE (single run) and of differences against the baseline
+    for c in ("mce_partial", "mfr_partial"):
+        if c in table.columns:
+            table[c] = table[c].astype("boolean").fillna(False).astype(bool)
+    return table
+
+
+def comparable(a: ColumnResult | None, b: ColumnResult | None) -> bool:
+    """Whether two numbers may be subtracted: same source (kind, backend, limit, setting) and both full or both
+    partial."""
+    return a is not None and b is not None and a.partial == b.partial and \
+        a.group.source.signature == b.group.source.signature
+
+
+def _intervals(results: Mapping[tuple[str, str], ColumnResult], baseline: str | None, keys: Sequence[str],
+               chunks: pd.DataFrame | None, n_resamples: int, seed: int
+               ) -> tuple[dict[tuple[str, str], B.Interval], dict[str, dict[str, B.Interval]], set[str]]:
+    """Intervals of each number and of the differences against the baseline (only between comparable numbers)."""
+    intervals = {k: r.interval for k, r in results.items() if r.interval is not None}
+    linear = {k: r.linear for k, r in results.items() if r.linear is not None}
+    cell_err = {(r.group.key, *_slot(c)): (float(c.error), int(c.n)) for r in results.values()
+                for c in r.group.cells.itertuples(index=False)}
+    chunk_idx, sample_idx = chunk_index(chunks), sample_index(chunks)
     differences: dict[str, dict[str, B.Interval]] = {}
-    used_methods: set[str] = set()
-    chunk_idx = chunk_index(chunks)
-    sample_idx = sample_index(chunks)
+    methods: set[str] = set()
     for key in keys:
         if (key, "mce") in linear:
             iv = _linear_interval([key], linear, "mce", cell_err, chunk_idx, n_resamples, seed, sample_idx)
             if iv is not None:
                 intervals[(key, "mce")] = iv
-                used_methods.add(iv.method)
+                methods.add(iv.method)
         if baseline is None or key == baseline:
             continue
         for col in ("clean", "mce", "imagenet_a", "imagenet_r", "pgd"):
-            if (key, col) in linear and (baseline, col) in linear:
-                if col == "mce" and bool(table.loc[key].get("mce_partial")) != bool(
-                        table.loc[baseline].get("mce_partial")):
-                    continue
+            if (key, col) in linear and (baseline, col) in linear and \
+                    comparable(results.get((key, col)), results.get((baseline, col))):
                 iv = _linear_interval([key, baseline], linear, col, cell_err, chunk_idx, n_resamples, seed,
                                       sample_idx)
                 if iv is not None:
                     differences.setdefault(key, {})[col] = iv
-                    used_methods.add(iv.method)
-    if any(c in table.columns for c in ACCURACY_TASKS.values()):
-        notes.append("± is half the 95% interval; accuracies use the Wilson binomial interval.")
-    if used_methods:
-        notes.append("Intervals of the mCE and of differences: " + "; ".join(sorted(used_methods)) + ".")
-    if "mfr" in table.columns:
-        notes.append("mFR has no interval (the store keeps flip sums per chunk, not per video).")
-    for c in ("mce_partial", "mfr_partial"):
-        if c in table.columns:
-            table[c] = table[c].astype("boolean").fillna(False).astype(bool)
-    return CountingSummary(table=table, intervals=intervals, differences=differences, errors=errors, ce=ce_frame,
-                           datasets=datasets, notes=notes)
+                    methods.add(iv.method)
+    return intervals, differences, methods
 
 
 def _linear_interval(runs: Sequence[str], linear: Mapping[tuple[str, str], tuple[float, dict[tuple, float]]],
@@ -298,6 +402,21 @@ def sample_index(chunks: pd.DataFrame | None) -> dict[tuple, tuple[np.ndarray, n
     return out
 
 
+def _gather(runs: Sequence[str], cells: Sequence[tuple], index: Mapping[tuple, tuple[np.ndarray, np.ndarray]]
+            ) -> list[list[tuple[np.ndarray, np.ndarray]]] | None:
+    """`index` entries of every cell `(task, dataset, condition, severity)` per run; None when one is missing."""
+    out = []
+    for run in runs:
+        per_run = []
+        for task, ds, cond, sev in cells:
+            entry = index.get((run, task, ds, cond, int(sev)))
+            if entry is None:
+                return None
+            per_run.append(entry)
+        out.append(per_run)
+    return out
+
+
 def _sample_interval(runs: Sequence[str], terms: Sequence[tuple[float, dict[tuple, float]]],
                      samples: Mapping[tuple, tuple[np.ndarray, np.ndarray]], n_resamples: int,
                      seed: int) -> B.Interval | None:
@@ -306,15 +425,12 @@ def _sample_interval(runs: Sequence[str], terms: Sequence[tuple[float, dict[tupl
     None (fall back) when a cell lacks per-sample records or the two runs' records of a cell differ in length (then
     sample *i* may not be the same image in both)."""
     cells = list(terms[0][1])
-    correct, valid, weights = [], [], []
-    for run, (_, w) in zip(runs, terms):
-        for task, ds, cond, sev in cells:
-            got = samples.get((run, task, ds, cond, int(sev)))
-            if got is None:
-                return None
-            correct.append(got[0])
-            valid.append(got[1])
-            weights.append(w[(task, ds, cond, sev)])
+    got = _gather(runs, cells, samples)
+    if got is None:
+        return None
+    correct = [c for per_run in got for c, _ in per_run]
+    valid = [v for per_run in got for _, v in per_run]
+    weights = [w[cell] for _, w in terms for cell in cells]
     m = len(cells)
     if any(correct[j].size != correct[j + m].size for j in range(m) if len(runs) == 2):
         return None
@@ -335,18 +451,11 @@ def _chunk_interval(runs: Sequence[str], terms: Sequence[tuple[float, dict[tuple
                     chunks: Mapping[tuple, tuple[np.ndarray, np.ndarray]], n_resamples: int,
                     seed: int) -> B.Interval | None:
     cells = list(terms[0][1])
-    correct = []
-    ns = []
-    for run in runs:
-        rc, rn = [], []
-        for task, ds, cond, sev in cells:
-            got = chunks.get((run, task, ds, cond, int(sev)))
-            if got is None:
-                return None
-            rc.append(got[0])
-            rn.append(got[1])
-        correct.append(rc)
-        ns.append(rn)
+    got = _gather(runs, cells, chunks)
+    if got is None:
+        return None
+    correct = [[c for c, _ in per_run] for per_run in got]
+    ns = [[n for _, n in per_run] for per_run in got]
     k = len(ns[0][0])
     if k < B.MIN_CHUNKS or any(len(x) != k for r in ns for x in r):
         return None

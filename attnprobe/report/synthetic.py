@@ -145,7 +145,8 @@ def make_synthetic_store(root: str | Path, models: Sequence[str] = SYNTHETIC_MOD
         base_err = _BASE_ERROR.get(kind, 0.17) + shift / 2
         robust = _ROBUST.get(kind, 1.0) + shift
 
-        def add_cell(task: str, condition: str, severity: int, err: float, extra=None, ds: str = dataset) -> None:
+        def add_cell(task: str, condition: str, severity: int, err: float, extra=None, ds: str = "",
+                     info: dict | None = None) -> None:
             key = CellKey(name, sha, task, ds, pre, condition, severity)
             k = 0
             for start in range(0, n_samples, chunk_size):
@@ -153,21 +154,28 @@ def make_synthetic_store(root: str | Path, models: Sequence[str] = SYNTHETIC_MOD
                 correct = int(rng.binomial(n, 1.0 - min(max(err, 0.0), 1.0)))
                 store.add_chunk(key, k, ChunkCounts(n=n, correct=correct, extra=extra(n) if extra else None))
                 k += 1
-            store.finish_cell(key, k)
+            store.finish_cell(key, k, {**(info or {}), "limit": None, "n_samples": n_samples})
 
-        add_cell("clean", "clean", 0, base_err)
+        # the fingerprints and info of the real drivers, so the report names the (made-up) sources
+        val = {"source": "clean", "root": "/data/imagenet/val"}
+        add_cell("clean", "clean", 0, base_err, ds="imagenet_val:5e1ec7ed00000001", info=val)
         alex = alexnet_errors()
         for c in corruptions:
             for s in severities:
                 e = min(0.95, (base_err + (alex.get(c, 0.8) - 0.43) * 0.45 * (s / 3.0)) * robust)
-                add_cell("imagenet_c", c, s, e, ds=f"imagenet-c-{c}-{s}")
-        for p in test_perturbations():
+                add_cell("imagenet_c", c, s, e, ds="imagenet_c:5e1ec7ed00000002",
+                         info={"source": "released", "root": "/data/imagenet-c"})
+        for i, p in enumerate(test_perturbations()):
             fp = 0.04 * robust * (1.0 + 0.5 * rng.random())
             add_cell("imagenet_p", p, 1, base_err, extra=lambda n, fp=fp: {"fp_sum": fp * n, "flips": fp * n * 30,
-                                                                             "pairs": n * 30}, ds=f"imagenet-p-{p}")
-        add_cell("imagenet_a", "imagenet_a", 0, 0.62 - (1.0 - robust) * 0.3, ds="imagenet-a")
-        add_cell("imagenet_r", "imagenet_r", 0, 0.48 - (1.0 - robust) * 0.2, ds="imagenet-r")
-        add_cell("pgd", "pgd5", 0, 0.70 - (1.0 - robust) * 0.2, ds=dataset)
+                                                                             "pairs": n * 30},
+                     ds=f"imagenet_p:5e1ec7ed{i:08x}", info={"source": "released", "regenerated": False,
+                                                              "root": "/data/imagenet-p"})
+        add_cell("imagenet_a", "imagenet_a", 0, 0.62 - (1.0 - robust) * 0.3, ds="imagenet_a:5e1ec7ed00000003",
+                 info={"classes": 200})
+        add_cell("imagenet_r", "imagenet_r", 0, 0.48 - (1.0 - robust) * 0.2, ds="imagenet_r:5e1ec7ed00000004",
+                 info={"classes": 200})
+        add_cell("pgd", "pgd5", 0, 0.70 - (1.0 - robust) * 0.2, ds="imagenet_val:5e1ec7ed00000001", info=val)
 
         # diagnostics from synthetic maps
         image_rng = np.random.default_rng(seed + 1)  # same images (and important tokens) for every model

@@ -13,10 +13,12 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from attnprobe.report.bootstrap import Interval
+from attnprobe.report.sources import SMALL_N, SourceGroup
 
 __all__ = [
     "Table",
@@ -104,7 +106,8 @@ _LATEX_SUBS = [
 _LATEX_UNICODE = {"±": r"$\pm$", "↓": r"$\downarrow$", "↑": r"$\uparrow$", "–": "--", "−": "-",
                   "Δ": r"$\Delta$",
                   "λ": r"$\lambda$", "τ": r"$\tau$", "†": r"$^\dagger$", "*": r"$^*$", "×": r"$\times$",
-                  "…": r"\ldots{}", "‡": r"$^\ddagger$"}
+                  "…": r"\ldots{}", "‡": r"$^\ddagger$",
+                  **{ch: rf"$^{lt}$" for ch, lt in zip("ᵃᵇᶜᵈᵉᶠᵍʰ", "abcdefgh")}}
 
 
 def latex_escape(s: object) -> str:
@@ -203,7 +206,8 @@ def summary_table(summary: pd.DataFrame, labels: Mapping[str, str] | None = None
                   intervals: Mapping[tuple[str, str], Interval] | None = None,
                   paper: Mapping[str, Mapping[str, float]] | None = None, notes: Sequence[str] = (),
                   name: str = "table2_summary",
-                  title: str = "Accuracy and robustness per model (Table 2/5 layout, %).") -> Table:
+                  title: str = "Accuracy and robustness per model (Table 2/5 layout, %).",
+                  sources: Mapping[tuple[str, str], SourceGroup] | None = None) -> Table:
     """Table 2/5 layout: one row per run, clean accuracy, mCE, mFR, ImageNet-A/-R and PGD accuracy in percent,
     with the change against `baseline` in parentheses and, where a model card has them, the paper's numbers in a
     row below (`<label> (paper)`, its change against the baseline's paper number).
@@ -216,13 +220,19 @@ def summary_table(summary: pd.DataFrame, labels: Mapping[str, str] | None = None
         baseline: run key the changes are computed against.
         intervals: (run key, column) -> 95% interval, shown as `± x`.
         paper: run key -> paper numbers (fractions, same column names).
+        sources: (run key, column) -> the data each number comes from. A note per column names the source and the
+            image count; when the runs of a column differ in source, each number carries a letter (ᵃ, ᵇ, ...) and
+            no change against the baseline is given across sources; numbers from a `--limit` subset or from few
+            images carry `†`.
     """
     labels = labels or {}
     intervals = intervals or {}
     paper = paper or {}
+    sources = sources or {}
     cols = [(c, h, hb) for c, h, hb in SUMMARY_COLUMNS if c in summary.columns and summary[c].notna().any()]
     partial_flags = {c: summary.get(f"{c}_partial", pd.Series(False, index=summary.index)).fillna(False)
                      for c, _, _ in cols}
+    marks, source_notes = _source_marks(list(summary.index), [(c, h) for c, h, _ in cols], sources)
     base = summary.loc[baseline] if baseline is not None and baseline in summary.index else None
     base_paper = paper.get(baseline or "", {})
     disp_rows, num_rows, index = [], [], []
@@ -233,44 +243,139 @@ def summary_table(summary: pd.DataFrame, labels: Mapping[str, str] | None = None
             v = summary.at[key, c]
             iv = intervals.get((key, c))
             text = fmt_interval(iv) if iv is not None and not _isnan(v) else fmt_num(v)
-            if bool(partial_flags[c].get(key, False)) and not _isnan(v):
+            partial = bool(partial_flags[c].get(key, False))
+            if partial and not _isnan(v):
                 text += "*"
                 any_partial[c] = True
+            if not _isnan(v):
+                text += marks.get((key, c), "")
+            same_data = _same_source(sources, key, baseline, c) and partial == bool(
+                partial_flags[c].get(baseline, False))
             if base is not None and key != baseline and not _isnan(v) and not _isnan(base.get(c, math.nan)) \
-                    and bool(partial_flags[c].get(key, False)) == bool(partial_flags[c].get(baseline, False)):
+                    and same_data:
                 text += " " + fmt_delta(v - base[c])
             row.append(text)
             num[c] = v * 100.0 if not _isnan(v) else math.nan
             if iv is not None:
                 num[f"{c}_ci_low"], num[f"{c}_ci_high"] = iv.low * 100.0, iv.high * 100.0
             if base is not None and key != baseline:
-                num[f"{c}_delta"] = (v - base.get(c, math.nan)) * 100.0
+                num[f"{c}_delta"] = (v - base.get(c, math.nan)) * 100.0 if same_data else math.nan
+            g = sources.get((key, c))
+            if g is not None:
+                num[f"{c}_source"], num[f"{c}_n"], num[f"{c}_subset"] = g.source.tag(), g.n_min, g.source.subset
         index.append(labels.get(key, key))
         disp_rows.append(row)
         num_rows.append(num)
-        p = paper.get(key, {})
-        if any(c in p for c, _, _ in cols):
-            prow = []
-            for c, _, _ in cols:
-                pv = p.get(c, math.nan)
-                t = fmt_num(pv)
-                if baseline is not None and key != baseline and c in base_paper and not _isnan(pv):
-                    t += " " + fmt_delta(pv - base_paper[c])
-                prow.append(t)
+        prow = _paper_row(paper.get(key, {}), base_paper, [c for c, _, _ in cols], key != baseline and
+                          baseline is not None)
+        if prow is not None:
             index.append(f"{labels.get(key, key)} (paper)")
-            disp_rows.append(prow)
-            num_rows.append({c: p.get(c, math.nan) * 100.0 for c, _, _ in cols})
+            disp_rows.append(prow[0])
+            num_rows.append(prow[1])
     display = pd.DataFrame(disp_rows, index=pd.Index(index, name="Model"), columns=[h for _, h, _ in cols])
     numeric = pd.DataFrame(num_rows, index=pd.Index(index, name="model"))
     all_notes = list(notes)
     if base is not None:
         all_notes.insert(0, f"Changes in parentheses are against {labels.get(baseline, baseline)} in percentage "
-                            f"points.")
+                            f"points, given only between numbers measured on the same data source.")
     if any_partial.get("mce"):
         all_notes.append("* partial ImageNet-C: mean CE over the corruptions evaluated, not an mCE.")
     if any_partial.get("mfr"):
         all_notes.append("* partial ImageNet-P: mean FR over the perturbations evaluated, not an mFR.")
-    return Table(name=name, title=title, display=display, numeric=numeric, notes=all_notes)
+    return Table(name=name, title=title, display=display, numeric=numeric, notes=source_notes + all_notes)
+
+
+def _paper_row(p: Mapping[str, float], base_paper: Mapping[str, float], cols: Sequence[str],
+               with_delta: bool) -> tuple[list[str], dict[str, float]] | None:
+    """The display strings and numbers of a `(paper)` row, or None when the card has none of `cols`."""
+    if not any(c in p for c in cols):
+        return None
+    prow = []
+    for c in cols:
+        pv = p.get(c, math.nan)
+        t = fmt_num(pv)
+        if with_delta and c in base_paper and not _isnan(pv):
+            t += " " + fmt_delta(pv - base_paper[c])
+        prow.append(t)
+    return prow, {c: p.get(c, math.nan) * 100.0 for c in cols}
+
+
+#: Letters that tell the data sources of one column apart.
+SOURCE_LETTERS = "ᵃᵇᶜᵈᵉᶠᵍʰ"
+
+
+def _same_source(sources: Mapping[tuple[str, str], SourceGroup], key: str, baseline: str | None, col: str) -> bool:
+    a, b = sources.get((key, col)), sources.get((baseline or "", col))
+    return a is None or b is None or a.source.signature == b.source.signature
+
+
+def _source_marks(keys: Sequence[str], cols: Sequence[tuple[str, str]],
+                  sources: Mapping[tuple[str, str], SourceGroup]) -> tuple[dict[tuple[str, str], str], list[str]]:
+    """Cell marks and one note per column that say which data each number comes from and on how many images."""
+    marks: dict[tuple[str, str], str] = {}
+    notes: list[str] = []
+    any_small = False
+    for c, header in cols:
+        described: dict[str, list[str]] = {}
+        for key in keys:
+            g = sources.get((key, c))
+            if g is not None:
+                described.setdefault(f"{g.source.words()}, {g.count_words()}", []).append(key)
+                if g.small:
+                    marks[(key, c)] = "†"
+                    any_small = True
+        if not described:
+            continue
+        head = header.rstrip(" ↑↓")
+        if len({sources[(k, c)].source.signature for ks in described.values() for k in ks}) == 1 \
+                and len(described) == 1:
+            notes.append(f"{head}: {next(iter(described))}.")
+            continue
+        parts = []
+        for letter, (text, ks) in zip(SOURCE_LETTERS, described.items()):
+            parts.append(f"{letter} {text}")
+            for k in ks:
+                marks[(k, c)] = letter + marks.get((k, c), "")
+        notes.append(f"{head}: " + "; ".join(parts) + ".")
+    if any_small:
+        notes.append(f"† measured on a --limit subset or on fewer than {SMALL_N} images per cell: not a "
+                     f"full-benchmark number.")
+    return marks, notes
+
+
+def sources_table(rows: Sequence[tuple[str, str, Any, bool]], labels: Mapping[str, str] | None = None,
+                  name: str = "table2_sources") -> Table:
+    """Every Table 2 number of every data source the store holds, one row per (run, column, source).
+
+    Args:
+        rows: `(run key, column, ColumnResult, shown in Table 2)` as in `CountingSummary.alternatives`.
+        labels: run key -> row label.
+    """
+    labels = labels or {}
+    order = {c: i for i, (c, _, _) in enumerate(SUMMARY_COLUMNS)}
+    disp, num, index = [], [], []
+    for key, col, res, used in sorted(rows, key=lambda r: (r[0], order.get(r[1], 99), not r[3])):
+        g = res.group
+        value = fmt_num(res.value) + ("*" if res.partial else "")
+        disp.append([column_header(col), g.source.words(), g.count_words(), value, "yes" if used else "no"])
+        num.append({"column": col, "source": g.source.tag(), "kind": g.source.kind, "backend": g.source.backend,
+                    "limit": g.source.limit, "root": g.source.root, "n_min": g.n_min, "n_max": g.n_max,
+                    "cells": len(g.cells), "value": res.value * 100.0, "partial": res.partial, "in_table2": used})
+        index.append(labels.get(key, key))
+    display = pd.DataFrame(disp, index=pd.Index(index, name="Model"),
+                           columns=["Column", "Data", "Images", "Value", "In Table 2"])
+    numeric = pd.DataFrame(num, index=pd.Index(index, name="model"))
+    return Table(name=name, title="Where every Table 2 number comes from: each data source of each model, apart.",
+                 display=display, numeric=numeric,
+                 notes=["One row per model, column and data source; a number is never computed from cells of two "
+                        "sources. * partial (fewer corruptions / perturbations than the benchmark).",
+                        "Table 2 shows one source per number: the full set before a --limit subset, then released "
+                        "before regenerated / on-the-fly data (`attnprobe report --source` chooses)."])
+
+
+def column_header(col: str) -> str:
+    """'IN-P mFR' for 'mfr': a Table 2 column's header without its arrow."""
+    return next((h.rstrip(" ↑↓") for c, h, _ in SUMMARY_COLUMNS if c == col), col)
 
 
 def _isnan(v: object) -> bool:
@@ -374,11 +479,11 @@ def layer_table(per_layer: pd.DataFrame, labels: Mapping[str, str] | None = None
     """
     labels = labels or {}
     disp = per_layer.map(lambda v: "–" if _isnan(v) else f"{v:.2f}")
-    disp.index = pd.Index([f"{labels.get(k, k)} · L{int(l) + 1}" for k, l in per_layer.index],
+    disp.index = pd.Index([f"{labels.get(k, k)} · L{int(li) + 1}" for k, li in per_layer.index],
                           name="Model · layer")
     disp.columns = [METRIC_HEADERS.get(c, c) for c in per_layer.columns]
     numeric = per_layer.copy()
-    numeric.index = pd.MultiIndex.from_tuples([(labels.get(k, k), int(l) + 1) for k, l in per_layer.index],
+    numeric.index = pd.MultiIndex.from_tuples([(labels.get(k, k), int(li) + 1) for k, li in per_layer.index],
                                               names=["model", "layer"])  # layer 1 = first block, as in the figures
     return Table(name=name, title="Attention diagnostics per layer (means over images).", display=disp,
                  numeric=numeric, notes=list(notes))
