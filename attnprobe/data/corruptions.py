@@ -38,9 +38,11 @@ import numpy as np
 from attnprobe.errors import UserError
 
 __all__ = [
-    "BACKENDS", "DEFAULT_BACKEND", "DEFAULT_RECIPE", "SEED_SCHEME", "SEVERITIES", "benchmark_names", "corrupt",
+    "BACKENDS", "DEFAULT_BACKEND", "DEFAULT_RECIPE", "SEED_SCHEME", "SEVERITIES", "benchmark_names", "choose_backend",
+    "corrupt",
     "corrupt_batch", "corruption_id", "corruption_names", "extra_names", "image_seed", "parse_severities",
-    "resolve_recipe", "validate_backend", "validate_corruption", "validate_severity",
+    "resolve_recipe", "tag_corruption", "tagged_corruption", "untag_corruption", "validate_backend",
+    "validate_corruption", "validate_severity",
 ]
 
 #: Identifies how seeds are derived; stored with results so a change of scheme is never mixed with old results.
@@ -146,6 +148,16 @@ def resolve_recipe(backend: str = DEFAULT_BACKEND, recipe: str | None = None) ->
     return get_recipe(DEFAULT_RECIPE if recipe is None else recipe).name
 
 
+def choose_backend(backend: str | None = None, recipe: str | None = None,
+                   default_recipe: str = DEFAULT_RECIPE) -> tuple[str, str]:
+    """The (backend, recipe) of user options that may be unset: the torch backend, and `default_recipe` for it
+    (the dataset's own: imagenet-c for ImageNet, imagecorruptions for Cityscapes); `UserError` for bad names."""
+    backend = validate_backend(DEFAULT_BACKEND if backend is None else backend)
+    if recipe is None and backend == DEFAULT_BACKEND:
+        recipe = default_recipe
+    return backend, resolve_recipe(backend, recipe)
+
+
 def corruption_id(backend: str = DEFAULT_BACKEND, recipe: str | None = None) -> str:
     """A stable name for the pixels a backend and recipe make, for dataset fingerprints and cell keys.
 
@@ -167,6 +179,31 @@ def corruption_id(backend: str = DEFAULT_BACKEND, recipe: str | None = None) -> 
     from attnprobe.corruptions import engine_id
 
     return engine_id(recipe)
+
+
+#: Appended to a dataset id by `tag_corruption` (after any `;precision=` tag).
+CORRUPTION_TAG = ";corruption="
+
+
+def tag_corruption(dataset: str, corruption_id_: str) -> str:
+    """The dataset id of images corrupted by `corruption_id_` (e.g. ``images:ab12;corruption=torch-v1/imagenet-c``).
+
+    Diagnostics store corrupted series under it, so values of two backends or recipes are two series, never one.
+    """
+    return f"{untag_corruption(dataset)}{CORRUPTION_TAG}{corruption_id_}"
+
+
+def tagged_corruption(dataset: str) -> str | None:
+    """The corruption id a dataset id was tagged with by `tag_corruption` (None: untagged)."""
+    head, sep, tail = str(dataset).partition(CORRUPTION_TAG)
+    return tail.split(";")[0] if sep else None
+
+
+def untag_corruption(dataset: str) -> str:
+    """`dataset` without its corruption tag (the id of the clean images)."""
+    head, sep, tail = str(dataset).partition(CORRUPTION_TAG)
+    rest = tail.split(";", 1)[1] if sep and ";" in tail else ""
+    return head + (f";{rest}" if rest else "")
 
 
 @contextmanager

@@ -328,6 +328,20 @@ class OnTheFlyCorruption(ImageFolderDataset):
                 out[j] = (done[k], self.samples[indices[j]][1], True)
         return out
 
+    def corrupt_u8(self, x_u8: torch.Tensor, indices: list[int]) -> torch.Tensor:
+        """Corrupt clean crops (B, 3, 224, 224) uint8 on their device and make the JPEG round trip: uint8 out.
+
+        Args:
+            x_u8: the clean crops of samples `indices` (as returned with ``device_corruption=True``).
+            indices: their sample indices in this dataset (they give the seeds).
+        """
+        from attnprobe.corruptions import jpeg_roundtrip
+        from attnprobe.data import corruptions as C
+
+        x = C.corrupt_batch(x_u8, self.corruption, self.severity, [self.seed(i) for i in indices],
+                            backend=self.backend, recipe=self.recipe)
+        return jpeg_roundtrip(x, int(self.jpeg_quality)) if self.jpeg_quality is not None else x
+
     def finish_batch(self, x_u8: torch.Tensor, indices: list[int]) -> torch.Tensor:
         """Corrupt clean crops (B, 3, 224, 224) uint8 on their device, JPEG round trip, normalise for the model.
 
@@ -338,13 +352,7 @@ class OnTheFlyCorruption(ImageFolderDataset):
         Returns:
             (B, 3, S, S) float on the device of `x_u8`, what ``ds[i]`` gives for each sample.
         """
-        from attnprobe.corruptions import jpeg_roundtrip
-        from attnprobe.data import corruptions as C
-
-        x = C.corrupt_batch(x_u8, self.corruption, self.severity, [self.seed(i) for i in indices],
-                            backend=self.backend, recipe=self.recipe)
-        if self.jpeg_quality is not None:
-            x = jpeg_roundtrip(x, int(self.jpeg_quality))
+        x = self.corrupt_u8(x_u8, indices)
         t = self.transform
         if t.size != RELEASED_SIZE:  # NOTE: the model's own resize, on PIL images as in `ds[i]`
             from PIL import Image
@@ -354,6 +362,31 @@ class OnTheFlyCorruption(ImageFolderDataset):
         mean = torch.tensor(t.mean, device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(t.std, device=x.device).view(1, 3, 1, 1)
         return (x.to(torch.float32) / 255 - mean) / std
+
+    def encoded(self, progressive: bool = True, in_worker: bool = False) -> Any:
+        """This cell for the engine's device input path (`attnprobe.engine.device_input`), corrupting on the device.
+
+        The files are decoded (nvJPEG, libjpeg-turbo, or PIL in the workers), resized (256, bilinear) and cropped
+        (224) with the exact tensor version of the CPU transform, then `corrupt_u8` runs on the batch where the
+        model runs (the GPU: no per-image CPU work but the JPEG round trip), then the model's normalisation. On the
+        CPU the tensors equal the CPU path's. None (the CPU path) for the reference backend, or a model whose input
+        is not 224 px (its resize comes after the corruption).
+        """
+        if self.backend != "torch" or self.transform.size != RELEASED_SIZE:
+            return None
+        from attnprobe.data.encoded import EncodedImages
+        from attnprobe.data.tensor_transforms import TensorRecipe
+
+        t = self.transform
+        recipe = TensorRecipe("bilinear", resize=256, crop=RELEASED_SIZE, mean=tuple(t.mean), std=tuple(t.std))
+        if not recipe.supported:
+            return None
+        return EncodedImages(self, recipe, progressive=progressive, in_worker=in_worker,
+                             stages=[self._device_stage])
+
+    def _device_stage(self, x_u8: torch.Tensor, batch: Any) -> torch.Tensor:
+        """`U8Stage` of the device path: the batch's clean crops -> corrupted (and JPEG round-tripped) crops."""
+        return self.corrupt_u8(x_u8, batch.index)
 
 
 def on_the_fly_cells(clean_root: str | Path, pre: Any, corruptions: Sequence[str] | None = None,
