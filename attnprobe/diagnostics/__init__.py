@@ -71,7 +71,7 @@ from attnprobe.diagnostics.reducer import HEADS_METRIC, STABILITY_METRIC
 from attnprobe.diagnostics.results import DiagnosticsResult
 
 __all__ = [
-    "ARTIFACT_KIND", "CLEAN", "Condition", "CorruptionSource", "DEFAULT_BATCH_SIZE", "DEFAULT_KEEP_MAPS", "DiagnosticsResult",
-    "HEADS_METRIC", "ModelEntry", "STABILITY_METRIC", "attention_maps", "corrupted_conditions", "heads", "load_maps",
+    "ARTIFACT_KIND", "CLEAN", "Condition", "CorruptionSource", "DEFAULT_BATCH_SIZE", "DEFAULT_KEEP_MAPS",
+    "DiagnosticsResult", "HEADS_METRIC", "ModelEntry", "STABILITY_METRIC", "attention_maps", "corrupted_conditions", "heads", "load_maps",
     "overfocus", "stability",
 ]
