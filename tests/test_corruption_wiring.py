@@ -58,8 +58,8 @@ def test_each_backend_and_recipe_is_its_own_cell_and_report_never_mixes_them(tmp
     assert choose_group(groups) in groups
     summary = counting_summary(cells, n_resamples=10)
     assert any("3 data sources" in n and "never a mix" in n for n in summary.notes)
-    assert "backend torch-v1/imagecorruptions" in [g for g in groups if "imagecorruptions" in g.source.backend
-                                                   and g.source.backend.startswith("torch")][0].source.words()
+    engine_ic = next(g for g in groups if g.source.backend == C.corruption_id("torch", "imagecorruptions"))
+    assert "backend torch-v1/imagecorruptions" in engine_ic.source.words()
 
 
 def test_device_corruption_path_equals_the_host_path(tmp_path: Path) -> None:
@@ -68,8 +68,8 @@ def test_device_corruption_path_equals_the_host_path(tmp_path: Path) -> None:
     from attnprobe.engine.device_input import DeviceInput
 
     val = grey_tree(tmp_path / "val", per_class=1, size=300)
-    from skimage import data as skd  # a real photo among the grey squares: textures matter for blurs and noise
     from PIL import Image
+    from skimage import data as skd  # a real photo among the grey squares: textures matter for blurs and noise
 
     Image.fromarray(skd.astronaut()).save(val / "n01440764" / "astronaut.JPEG", quality=90)
     pre = Preprocessing(input_size=224, interpolation="bicubic", crop_pct=0.875)

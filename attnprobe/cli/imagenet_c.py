@@ -106,7 +106,6 @@ def mce_cli(
 ) -> None:
     """Evaluate each model on every ImageNet-C cell with the model loaded once; finished cells are skipped."""
     from attnprobe.benchmarks.imagenet_c import check_imagenet_c_inputs, evaluate_imagenet_c
-
     from attnprobe.data.corruptions import choose_backend
 
     if not on_the_fly and (corruption_backend is not None or corruption_recipe is not None):

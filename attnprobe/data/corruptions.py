@@ -195,7 +195,7 @@ def tag_corruption(dataset: str, corruption_id_: str) -> str:
 
 def tagged_corruption(dataset: str) -> str | None:
     """The corruption id a dataset id was tagged with by `tag_corruption` (None: untagged)."""
-    head, sep, tail = str(dataset).partition(CORRUPTION_TAG)
+    _, sep, tail = str(dataset).partition(CORRUPTION_TAG)
     return tail.split(";")[0] if sep else None
 
 

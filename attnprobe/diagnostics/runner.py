@@ -52,7 +52,7 @@ class _Resume:
     """What the store already holds for one model: stored images per series, and saved map files."""
 
     def __init__(self, run: DiagnosticsRun, entry: ModelEntry) -> None:
-        store, dataset = run.store, run.images.dataset
+        store = run.store
         self.images: dict[tuple[str, Condition], set[str]] = {}
         for metric, cond in run.plan.series():
             key = _diag_key(entry, metric, run.dataset_of(cond), cond)
