@@ -260,11 +260,12 @@ def corrupt(image: np.ndarray, name: str, severity: int, seed: int, *, backend: 
     recipe = resolve_recipe(backend, recipe)
     arr = np.asarray(image)
     if arr.dtype != np.uint8:
-        raise ValueError(f"corrupt() expects a uint8 image, got dtype {arr.dtype}")
+        raise UserError(f"corrupt() expects a uint8 image with values 0-255, got dtype {arr.dtype}; convert it "
+                        f"first, e.g. (x * 255).round().astype(np.uint8)")
     if arr.ndim == 2:
         arr = np.stack([arr] * 3, axis=-1)
     if arr.ndim != 3 or arr.shape[2] not in (3, 4):
-        raise ValueError(f"corrupt() expects an (H, W, 3) image, got shape {arr.shape}")
+        raise UserError(f"corrupt() expects an (H, W, 3) or (H, W) image, got shape {arr.shape}")
     arr = np.ascontiguousarray(arr[..., :3])
     h, w = arr.shape[:2]
     if min(h, w) < MIN_SIDE:

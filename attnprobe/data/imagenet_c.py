@@ -11,7 +11,9 @@ Resize(256) (bilinear, as `make_imagenet_c.py`), CenterCrop(224), corrupt at sev
 the image's relative path (`attnprobe.data.corruptions.image_seed`: deterministic per image, independent of
 workers, ranks and batch order), JPEG quality-85 round trip (as the released files were saved; can be switched off),
 then the model's normalisation. The corruption backend (the batched torch engine by default, or the per-image
-`imagecorruptions` package) and its recipe are part of each dataset's fingerprint.
+`imagecorruptions` package) and its recipe are part of each dataset's fingerprint. With the engine and a device
+input path (`--decode workers|device|gpu`), the engine loop corrupts each batch on the model's device
+(`OnTheFlyCorruption.encoded`); the tensors equal the CPU path's on the CPU.
 """
 
 from __future__ import annotations
