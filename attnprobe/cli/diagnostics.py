@@ -111,6 +111,9 @@ def check_location(out: Path) -> None:
 
 
 def _footer(res: Any) -> None:
+    sources = sorted({r["corruption_id"] for r in res.results if r.get("corruption_id")})
+    if sources:
+        console.print(f"corrupted by {', '.join(sources)} (--corruption-backend / --corruption-recipe)", style="dim")
     for note in sorted({f"{r['model']}: {n}" for r in res.results for n in r.get("notes", [])}):
         console.print(f"note: {note}", style="dim", soft_wrap=True)
     if res.out:
