@@ -27,9 +27,10 @@ _EXPORTS = {
     "AttentionCapture": "attnprobe.capture",
     "ResultsStore": "attnprobe.store",
     "UserError": "attnprobe.errors",
+    "corrupt": "attnprobe.corruptions",
 }
 _SUBMODULES = {"metrics", "robustness", "data", "report", "archs", "store", "zoo", "capture", "engine",
-               "benchmarks", "attacks", "diagnostics", "segmentation"}
+               "benchmarks", "attacks", "diagnostics", "segmentation", "corruptions"}
 
 __all__ = sorted(_EXPORTS) + sorted(_SUBMODULES)
 

@@ -95,8 +95,12 @@ def test_parse_severities() -> None:
 def test_too_small_or_wrong_dtype_image() -> None:
     with pytest.raises(UserError, match="too small"):
         C.corrupt(np.zeros((16, 64, 3), np.uint8), "fog", 1, seed=0)
-    with pytest.raises(ValueError, match="uint8"):
+    with pytest.raises(UserError, match="uint8"):
         C.corrupt(np.zeros((64, 64, 3), np.float32), "fog", 1, seed=0)
+    with pytest.raises(UserError, match=r"\(H, W, 3\)"):
+        C.corrupt(np.zeros((64, 64, 5), np.uint8), "fog", 1, seed=0)
+    with pytest.raises(UserError, match="unknown corruption backend"):
+        C.corrupt(np.zeros((64, 64, 3), np.uint8), "fog", 1, seed=0, backend="gpu")
 
 
 def test_grey_image_is_stacked_to_rgb() -> None:

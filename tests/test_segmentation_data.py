@@ -17,7 +17,7 @@ from PIL import Image
 
 from attnprobe import protocol
 from attnprobe.data.acdc import ACDCDataset, PredictionWriter, acdc_cells, check_conditions, zip_predictions
-from attnprobe.data.cityscapes import (CityscapesDataset, OnTheFlyCityscapesC, cityscapes_c_cells,
+from attnprobe.data.cityscapes import (CityscapesDataset, EngineBackend, OnTheFlyCityscapesC, cityscapes_c_cells,
                                        imagecorruptions_backend, on_the_fly_cityscapes_c_cells, scan_cityscapes,
                                        select_cityscapes_c, write_cityscapes_c_tree)
 from attnprobe.data.seg_transforms import (SegTestPipeline, label_id_lut, normalize_on_device, rescale_size,
@@ -248,10 +248,21 @@ def test_on_the_fly_is_deterministic_and_corrupts_bgr(cs_root: Path) -> None:
     assert torch.equal(a[0][1], clean[0][1])  # labels untouched
     assert a.seed(0) != a.seed(1) and a.seed(0) == b.seed(0)
     assert OnTheFlyCityscapesC(cs_root, "gaussian_noise", 2, samples=samples, base_seed=1).seed(0) != a.seed(0)
-    # the default backend gets the BGR array, as the official generator did
+    # the default backend (the engine, recipe imagecorruptions) gets the BGR array, as the official generator did
     bgr = a.load_image(0)
-    want = imagecorruptions_backend(bgr, "gaussian_noise", 2, a.seed(0))
+    want = EngineBackend("torch", "imagecorruptions")(bgr, "gaussian_noise", 2, a.seed(0))
     assert torch.equal(a[0][0], torch.from_numpy(np.ascontiguousarray(want[..., ::-1].transpose(2, 0, 1))))
+    assert a.backend_name == "torch-v1/imagecorruptions"
+    # the reference backend is the imagecorruptions package on the same BGR array; its pixels are another dataset
+    ref = OnTheFlyCityscapesC(cs_root, "gaussian_noise", 2, samples=samples, backend="reference",
+                              pipeline=DEMO_PIPELINE, output="uint8")
+    want = imagecorruptions_backend(bgr, "gaussian_noise", 2, a.seed(0))
+    assert torch.equal(ref[0][0], torch.from_numpy(np.ascontiguousarray(want[..., ::-1].transpose(2, 0, 1))))
+    assert ref.fingerprint != a.fingerprint and ref.backend_name.startswith("reference-imagecorruptions")
+    imagenet_c = OnTheFlyCityscapesC(cs_root, "gaussian_noise", 2, samples=samples, recipe="imagenet-c")
+    assert imagenet_c.fingerprint not in (a.fingerprint, ref.fingerprint)
+    with pytest.raises(UserError, match="only has the 'imagecorruptions' recipe"):
+        OnTheFlyCityscapesC(cs_root, "gaussian_noise", 2, backend="reference", recipe="imagenet-c")
 
 
 def test_on_the_fly_backend_is_pluggable(cs_root: Path) -> None:

@@ -112,8 +112,9 @@ def check_imagenet_c_inputs(data: str | Path | None = None, clean: str | Path | 
 def evaluate_imagenet_c(loaded: Any, store: ResultsStore | None, *, data: str | Path | None = None,
                         clean: str | Path | None = None, on_the_fly: bool = False,
                         corruptions: Sequence[str] | None = None, severities: Sequence[int] | None = None,
-                        limit: int | None = None, jpeg_quality: int | None = 85,
-                        scanned: dict[str, Any] | None = None, **run_kw: Any) -> ImageNetCReport:
+                        limit: int | None = None, jpeg_quality: int | None = 85, corruption_backend: str = "torch",
+                        corruption_recipe: str | None = None, scanned: dict[str, Any] | None = None,
+                        **run_kw: Any) -> ImageNetCReport:
     """The ImageNet-C benchmark of one loaded model: every (corruption, severity) cell in one pass, resumable.
 
     Args:
@@ -127,6 +128,10 @@ def evaluate_imagenet_c(loaded: Any, store: ResultsStore | None, *, data: str | 
         severities: severities to evaluate (default 1-5).
         limit: evenly spaced subset of this many images per cell (quick checks; reported as such).
         jpeg_quality: JPEG round trip of on-the-fly images (85 as the release; `None` to skip).
+        corruption_backend: on the fly: "torch" (the batched engine; on a CUDA model's device with a device decode
+            path, see `OnTheFlyCorruption.encoded`) or "reference" (the imagecorruptions package, per image).
+        corruption_recipe: on the fly: "imagenet-c" or "imagecorruptions" (default: the backend's). Backend, recipe
+            and engine version are part of each cell's dataset fingerprint, so their results never mix.
         scanned: the result of `check_imagenet_c_inputs` for these arguments (else it is called here).
         run_kw: passed to `run_cells` (batch_size, workers, device, fresh, strict, progress, ...).
 
@@ -140,10 +145,13 @@ def evaluate_imagenet_c(loaded: Any, store: ResultsStore | None, *, data: str | 
     notes: list[str] = []
     if sc["on_the_fly"]:
         data_cells = on_the_fly_cells(sc["clean"], pre, sc["corruptions"], sc["severities"], limit, jpeg_quality,
-                                      samples=sc["clean_samples"])
+                                      samples=sc["clean_samples"], backend=corruption_backend,
+                                      recipe=corruption_recipe)
         source, task = "on_the_fly", "imagenet_c"
         if jpeg_quality is None:
             notes.append("on the fly without the JPEG quality-85 round trip of the released files")
+        if data_cells:
+            notes.append(f"corrupted on the fly by {data_cells[0].info['corruption_id']} (not the released files)")
     else:
         data_cells = released_cells(sc["tree"], pre, limit=limit)
         source, task = "released", "imagenet_c"

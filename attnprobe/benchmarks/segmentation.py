@@ -60,7 +60,8 @@ class SegInputs:
     severities: list[int] | None = None
     conditions: list[str] = field(default_factory=list)
     gt_root: Path | None = None
-    backend: Any = "imagecorruptions"  # a name in BACKENDS or a function (bgr, corruption, severity, seed) -> bgr
+    backend: Any = None  # None (torch), a name in BACKENDS or a function (bgr, corruption, severity, seed) -> bgr
+    recipe: str | None = None  # the named backend's recipe (default: imagecorruptions, the released Cityscapes-C's)
     base_seed: int = 0
     samples: Any = None  # Cityscapes val samples (clean set, on the fly)
     tree: Any = None  # a checked Cityscapes-C tree
@@ -73,6 +74,16 @@ class SegInputs:
         return self.set.replace("-", "_")
 
     @property
+    def corruption_name(self) -> str:
+        """What corrupts the images on the fly: a `corruption_id` (``torch-v1/imagecorruptions``) or a function's
+        name."""
+        from attnprobe.data.cityscapes import EngineBackend
+
+        if isinstance(self.backend, str) or self.backend is None:
+            return EngineBackend(self.backend, self.recipe).__name__
+        return str(getattr(self.backend, "__name__", "custom"))
+
+    @property
     def source(self) -> str:
         """Where the images come from, in words (every table says it)."""
         root = str(self.data.expanduser().resolve())
@@ -80,7 +91,7 @@ class SegInputs:
             return f"Cityscapes val at {root}"
         if self.set == "cityscapes-c":
             if self.on_the_fly:
-                backend = self.backend if isinstance(self.backend, str) else getattr(self.backend, "__name__", "custom")
+                backend = self.corruption_name
                 return (f"Cityscapes-C generated on the fly from Cityscapes val at {root} ({backend} backend, "
                         f"base seed {self.base_seed})")
             return f"Cityscapes-C tree at {root}"
@@ -95,7 +106,7 @@ def _refuse(given: bool, option: str, where: str) -> None:
 def check_segmentation_inputs(set_name: str, data: str | Path | None, *, on_the_fly: bool = False,
                               corruptions: Sequence[str] | None = None, severities: Sequence[int] | None = None,
                               conditions: Sequence[str] | None = None, split: str = "val",
-                              gt_root: str | Path | None = None, backend: Any = "imagecorruptions",
+                              gt_root: str | Path | None = None, backend: Any = None, recipe: str | None = None,
                               base_seed: int = 0) -> SegInputs:
     """Validate the options and the data layout, and list the files (headers only), before any model is loaded.
 
@@ -107,8 +118,10 @@ def check_segmentation_inputs(set_name: str, data: str | Path | None, *, on_the_
         conditions: ACDC conditions (default: all four).
         split: ACDC split, "val" (scored) or "test" (predictions for the server).
         gt_root: a Cityscapes root holding `gtFine/val` when the Cityscapes-C tree has no labels.
-        backend: on-the-fly corruption backend: a name in `attnprobe.data.cityscapes.BACKENDS`, or a picklable
-            function `(bgr, corruption, severity, seed) -> bgr` (its name is recorded in the store key).
+        backend: on-the-fly corruption backend: "torch" (the engine; None: the default) or "reference" (the
+            imagecorruptions package), or a picklable function `(bgr, corruption, severity, seed) -> bgr`; its name (for the named
+            ones: backend, recipe and engine version) is recorded in the store key.
+        recipe: the named backend's recipe (default "imagecorruptions", the released Cityscapes-C's).
         base_seed: changes every on-the-fly draw at once.
 
     Raises:
@@ -130,12 +143,13 @@ def check_segmentation_inputs(set_name: str, data: str | Path | None, *, on_the_
         raise UserError(f"unknown split {split!r}; choose val or test")
     inputs = SegInputs(set=name, data=Path(data).expanduser(), split=split, on_the_fly=on_the_fly,
                        gt_root=Path(gt_root).expanduser() if gt_root is not None else None, backend=backend,
-                       base_seed=int(base_seed))
+                       recipe=recipe, base_seed=int(base_seed))
     if name != "cityscapes-c":
         where = f"--set {name}"
         _refuse(bool(corruptions), "--corruption", where)
         _refuse(bool(severities), "--severity", where)
         _refuse(on_the_fly, "--on-the-fly", where)
+        _refuse(backend is not None or recipe is not None, "--corruption-backend / --corruption-recipe", where)
         _refuse(gt_root is not None, "--gt", where)
     if name != "acdc":
         _refuse(bool(conditions), "--condition", f"--set {name} (ACDC conditions need --set acdc)")
@@ -150,8 +164,11 @@ def check_segmentation_inputs(set_name: str, data: str | Path | None, *, on_the_
             _refuse(gt_root is not None, "--gt", "--on-the-fly (the labels come from the Cityscapes root)")
             if isinstance(backend, str) and backend not in BACKENDS:
                 raise UserError(f"unknown corruption backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+            _ = inputs.corruption_name  # NOTE: a bad recipe fails here, before any model is loaded
             inputs.samples = scan_cityscapes(inputs.data, "val")
         else:
+            _refuse(backend is not None or recipe is not None, "--corruption-backend / --corruption-recipe",
+                    "a Cityscapes-C tree (already corrupted; add --on-the-fly to corrupt Cityscapes val)")
             inputs.tree = scan_cityscapes_c_tree(inputs.data, inputs.corruptions, inputs.severities, inputs.gt_root)
     else:
         inputs.conditions = check_conditions(conditions)
@@ -175,7 +192,7 @@ def _data_cells(inputs: SegInputs, protocol: SegProtocol, limit: int | None) -> 
         if inputs.on_the_fly:
             cells = on_the_fly_cityscapes_c_cells(inputs.data, inputs.corruptions, inputs.severities,
                                                   samples=inputs.samples, backend=inputs.backend,
-                                                  base_seed=inputs.base_seed, **kw)
+                                                  recipe=inputs.recipe, base_seed=inputs.base_seed, **kw)
         else:
             cells = cityscapes_c_cells(inputs.tree, **kw)
         return [(c.corruption, c.severity, c.dataset, c.info) for c in cells]
@@ -383,8 +400,8 @@ def evaluate_segmentation(loaded: Any, store: ResultsStore | None, inputs: SegIn
         kept = keep_predictions(loaded, proto, store, task, specs if labelled else
                                 [CellSpec(k, ds) for k, ds in zip(keys, datasets)], keep, device, inputs.source)
     if inputs.on_the_fly:
-        notes.append("on-the-fly Cityscapes-C: the authors' recipe (native size, BGR, imagecorruptions) with other "
-                     "random draws; for paper numbers use the authors' tree")
+        notes.append(f"on-the-fly Cityscapes-C: the authors' recipe (native size, BGR, imagecorruptions) made by "
+                     f"{inputs.corruption_name}, with other random draws; for paper numbers use the authors' tree")
     if task == "acdc":
         notes.append("ACDC val mIoU; the paper's ACDC column is the test-server mIoU (use --split test)")
     if limit is not None:

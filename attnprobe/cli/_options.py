@@ -36,3 +36,12 @@ COMPILE = typer.Option(False, "--compile", help="torch.compile the model (compil
                        "GPUs for long runs).")
 CHANNELS_LAST = typer.Option(None, "--channels-last/--no-channels-last", help="NHWC memory format for model and "
                              "inputs (default: on CUDA for models with convolutions).")
+
+# -- on-the-fly corruptions (see attnprobe.data.corruptions) ---------------------------------------------------------
+CORRUPTION_BACKEND = typer.Option(None, "--corruption-backend", help="What corrupts the images: torch (default; the "
+                                  "batched engine, on the model's device) or reference (the imagecorruptions package, "
+                                  "one image at a time on the CPU; slow).")
+CORRUPTION_RECIPE = typer.Option(None, "--corruption-recipe", help="imagenet-c (the code that made the released "
+                                 "ImageNet-C) or imagecorruptions (the package behind Cityscapes-C). Default: "
+                                 "imagenet-c for ImageNet images, imagecorruptions for Cityscapes; the reference "
+                                 "backend has only imagecorruptions.")

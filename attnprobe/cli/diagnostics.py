@@ -70,6 +70,18 @@ def _severities(value: Optional[str]) -> list[int]:
     return parse_severities(value)
 
 
+def _corruption_source(corruption: Optional[str], backend: Optional[str], recipe: Optional[str]) -> Any:
+    """The checked `--corruption-backend` / `--corruption-recipe` (before any model is loaded)."""
+    from attnprobe.diagnostics import CorruptionSource
+    from attnprobe.errors import UserError
+
+    if corruption is None and (backend is not None or recipe is not None):
+        raise UserError("--corruption-backend and --corruption-recipe only apply to corrupted images; add "
+                        "--corruption NAME or remove them")
+
+    return CorruptionSource(backend, recipe)
+
+
 def _run(fn: Any, quiet: bool, json_out: bool, **kw: Any) -> Any:
     """Run a driver with a rich progress bar on stderr when interactive."""
     if not show_progress(quiet, json_out):
@@ -99,6 +111,9 @@ def check_location(out: Path) -> None:
 
 
 def _footer(res: Any) -> None:
+    sources = sorted({r["corruption_id"] for r in res.results if r.get("corruption_id")})
+    if sources:
+        console.print(f"corrupted by {', '.join(sources)} (--corruption-backend / --corruption-recipe)", style="dim")
     for note in sorted({f"{r['model']}: {n}" for r in res.results for n in r.get("notes", [])}):
         console.print(f"note: {note}", style="dim", soft_wrap=True)
     if res.out:
@@ -149,6 +164,8 @@ def stability_cli(
     batch_size: int = _BATCH,
     device: Optional[str] = O.DEVICE,
     precision: str = O.PRECISION,
+    corruption_backend: Optional[str] = O.CORRUPTION_BACKEND,
+    corruption_recipe: Optional[str] = O.CORRUPTION_RECIPE,
     fresh: bool = _FRESH,
     json_out: bool = O.JSON,
     quiet: bool = O.QUIET,
@@ -158,12 +175,13 @@ def stability_cli(
     from attnprobe.data.corruptions import validate_corruption
 
     validate_corruption(corruption)
+    source = _corruption_source(corruption, corruption_backend, corruption_recipe)
     sev = _severities(severity)
     imgs = _images(data, image, n)
     check_location(out)  # a bad --out fails before any model is loaded (nothing is created yet)
     entries = load_entries(model, ckpt, device, quiet=quiet, num_classes=num_classes, precision=precision)
     res = _run(D.stability, quiet, json_out, entries=entries, images=imgs, corruption=corruption, severities=sev,
-               store=_store(out), batch_size=batch_size, keep_maps=keep_maps, fresh=fresh)
+               corruption_source=source, store=_store(out), batch_size=batch_size, keep_maps=keep_maps, fresh=fresh)
     if json_out:
         print_json(res.to_json())
         return
@@ -189,6 +207,8 @@ def overfocus_cli(
     batch_size: int = _BATCH,
     device: Optional[str] = O.DEVICE,
     precision: str = O.PRECISION,
+    corruption_backend: Optional[str] = O.CORRUPTION_BACKEND,
+    corruption_recipe: Optional[str] = O.CORRUPTION_RECIPE,
     fresh: bool = _FRESH,
     json_out: bool = O.JSON,
     quiet: bool = O.QUIET,
@@ -200,12 +220,13 @@ def overfocus_cli(
 
     if corruption is not None:
         validate_corruption(corruption)
+    source = _corruption_source(corruption, corruption_backend, corruption_recipe)
     sev = _severities(severity)
     imgs = _images(data, image, n)
     check_location(out)  # a bad --out fails before any model is loaded (nothing is created yet)
     entries = load_entries(model, ckpt, device, quiet=quiet, num_classes=num_classes, precision=precision)
     res = _run(D.overfocus, quiet, json_out, entries=entries, images=imgs, corruption=corruption, severities=sev,
-               k=k, tau=tau, store=_store(out), batch_size=batch_size, fresh=fresh)
+               corruption_source=source, k=k, tau=tau, store=_store(out), batch_size=batch_size, fresh=fresh)
     if json_out:
         print_json(res.to_json())
         return
@@ -240,6 +261,8 @@ def heads_cli(
     batch_size: int = _BATCH,
     device: Optional[str] = O.DEVICE,
     precision: str = O.PRECISION,
+    corruption_backend: Optional[str] = O.CORRUPTION_BACKEND,
+    corruption_recipe: Optional[str] = O.CORRUPTION_RECIPE,
     fresh: bool = _FRESH,
     json_out: bool = O.JSON,
     quiet: bool = O.QUIET,
@@ -250,12 +273,13 @@ def heads_cli(
 
     if corruption is not None:
         validate_corruption(corruption)
+    source = _corruption_source(corruption, corruption_backend, corruption_recipe)
     sev = _severities(severity)
     imgs = _images(data, image, n)
     check_location(out)  # a bad --out fails before any model is loaded (nothing is created yet)
     entries = load_entries(model, ckpt, device, quiet=quiet, num_classes=num_classes, precision=precision)
     res = _run(D.heads, quiet, json_out, entries=entries, images=imgs, corruption=corruption, severities=sev,
-               store=_store(out), batch_size=batch_size, fresh=fresh)
+               corruption_source=source, store=_store(out), batch_size=batch_size, fresh=fresh)
     if json_out:
         print_json(res.to_json())
         return
@@ -280,6 +304,8 @@ def attention_cli(
     batch_size: int = _BATCH,
     device: Optional[str] = O.DEVICE,
     precision: str = O.PRECISION,
+    corruption_backend: Optional[str] = O.CORRUPTION_BACKEND,
+    corruption_recipe: Optional[str] = O.CORRUPTION_RECIPE,
     fresh: bool = _FRESH,
     json_out: bool = O.JSON,
     quiet: bool = O.QUIET,
@@ -290,12 +316,13 @@ def attention_cli(
 
     if corruption is not None:
         validate_corruption(corruption)
+    source = _corruption_source(corruption, corruption_backend, corruption_recipe)
     sev = _severities(severity)
     imgs = _images(data, image, n)
     check_location(out)  # a bad --out fails before any model is loaded (nothing is created yet)
     entries = load_entries(model, ckpt, device, quiet=quiet, num_classes=num_classes, precision=precision)
     res = _run(D.attention_maps, quiet, json_out, entries=entries, images=imgs, corruption=corruption,
-               severities=sev, store=_store(out), batch_size=batch_size, fresh=fresh)
+               corruption_source=source, severities=sev, store=_store(out), batch_size=batch_size, fresh=fresh)
     if json_out:
         print_json(res.to_json())
         return

@@ -3,6 +3,7 @@
     attnprobe mce --model fan_b_tapadl --ckpt tapadl_fan_base.pth.tar --data /data/imagenet-c --out results/
     attnprobe mce --model resnet50 --clean /data/imagenet/val --on-the-fly --corruption fog --limit 2000
     attnprobe mce --model fan_b_tapadl --clean bundled --on-the-fly -c gaussian_noise      # demo, no data needed
+    attnprobe mce --model resnet50 --clean /data/imagenet/val --on-the-fly --corruption-backend reference
     torchrun --nproc_per_node=8 -m attnprobe mce --model fan_b_tapadl --data /data/imagenet-c --out results/
 """
 
@@ -17,6 +18,7 @@ from attnprobe.cli import _options as O
 from attnprobe.cli._common import command, console, pct, print_json
 from attnprobe.cli._loading import pair_models
 from attnprobe.cli._running import BATCH, execution_kw, run_models
+from attnprobe.errors import UserError
 
 BUNDLED = "bundled"  # same as attnprobe.data.imagenet_c.BUNDLED, repeated here to keep `--help` free of torch
 
@@ -93,6 +95,8 @@ def mce_cli(
     compile_model: bool = O.COMPILE,
     channels_last: Optional[bool] = O.CHANNELS_LAST,
     no_jpeg: bool = typer.Option(False, "--no-jpeg", help="On the fly: skip the JPEG quality-85 round trip."),
+    corruption_backend: Optional[str] = O.CORRUPTION_BACKEND,
+    corruption_recipe: Optional[str] = O.CORRUPTION_RECIPE,
     fresh: bool = O.FRESH,
     strict: bool = O.STRICT,
     json_out: bool = O.JSON,
@@ -102,7 +106,12 @@ def mce_cli(
 ) -> None:
     """Evaluate each model on every ImageNet-C cell with the model loaded once; finished cells are skipped."""
     from attnprobe.benchmarks.imagenet_c import check_imagenet_c_inputs, evaluate_imagenet_c
+    from attnprobe.data.corruptions import choose_backend
 
+    if not on_the_fly and (corruption_backend is not None or corruption_recipe is not None):
+        raise UserError("--corruption-backend and --corruption-recipe only apply to --on-the-fly (the released files "
+                        "are already corrupted); remove them or add --clean VAL_DIR --on-the-fly")
+    backend, recipe = choose_backend(corruption_backend, corruption_recipe)
     pairs = pair_models(model, ckpt, outputs=1000, what="ImageNet-C")
     notes: list[str] = []
     if clean is not None and str(clean) == BUNDLED and not clean.exists():
@@ -120,7 +129,8 @@ def mce_cli(
     def run(loaded: Any, store: Any, ctx: Any, progress: Any) -> Any:
         return evaluate_imagenet_c(loaded, store, data=data, clean=clean, on_the_fly=on_the_fly,
                                    corruptions=corruption, severities=severity, limit=limit,
-                                   jpeg_quality=None if no_jpeg else 85, scanned=scanned, batch_size=batch_size,
+                                   jpeg_quality=None if no_jpeg else 85, corruption_backend=backend,
+                                   corruption_recipe=recipe, scanned=scanned, batch_size=batch_size,
                                    workers=workers, device=ctx.device, fresh=fresh, strict=strict,
                                    chunk_size=chunk_size, progress=progress, **ex_kw)
 

@@ -133,7 +133,9 @@ def seg_cli(
     severity: Optional[list[int]] = typer.Option(None, "--severity", "-s", help="Severity 1-5 (repeat); default: the "
                                                  "official ones (1-3 for the noises, 1-5 otherwise)."),
     on_the_fly: bool = typer.Option(False, "--on-the-fly", help="Corrupt Cityscapes val (--data) on the fly at "
-                                    "native size with imagecorruptions, seeded per image."),
+                                    "native size with the imagecorruptions recipe, seeded per image."),
+    corruption_backend: Optional[str] = O.CORRUPTION_BACKEND,
+    corruption_recipe: Optional[str] = O.CORRUPTION_RECIPE,
     gt: Optional[Path] = typer.Option(None, "--gt", help="Cityscapes root holding gtFine/val, when the Cityscapes-C "
                                       "tree has no gtFine/."),
     condition: Optional[list[str]] = typer.Option(None, "--condition", help="ACDC condition: fog, night, rain, snow "
@@ -162,7 +164,8 @@ def seg_cli(
     _refuse_classifiers(pairs)
     # every input check (names, layouts, file pairs, label sizes) runs before any model is loaded
     inputs = check_segmentation_inputs(set_name, data, on_the_fly=on_the_fly, corruptions=corruption,
-                                       severities=severity, conditions=condition, split=split, gt_root=gt)
+                                       severities=severity, conditions=condition, split=split, gt_root=gt,
+                                       backend=corruption_backend, recipe=corruption_recipe)
 
     def run(loaded: Any, store: Any, ctx: Any, progress: Any) -> Any:
         return evaluate_segmentation(loaded, store, inputs, limit=limit, keep=keep_predictions,

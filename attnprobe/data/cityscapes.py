@@ -12,7 +12,9 @@ Layouts (facts in `attnprobe/protocol/cityscapes.json` and `cityscapes_c.json`):
 * On the fly: a Cityscapes val image is corrupted at its native size, in BGR order (as the authors fed
   `imagecorruptions`), with a seed fixed per (image, corruption, severity)
   (`attnprobe.data.corruptions.image_seed`), then goes through the test pipeline. The corruption function is
-  pluggable (`backend`); `write_cityscapes_c_tree` writes those same pixels as a tree in the official layout.
+  chosen by `backend`: "torch" (the batched engine, recipe "imagecorruptions" by default; the default backend),
+  "reference" (the imagecorruptions package itself) or any function; `write_cityscapes_c_tree` writes those same
+  pixels as a tree in the official layout.
 
 The official generator seeded NumPy once and drew in `os.scandir` order, so nobody can regenerate the authors'
 exact pixels: for paper numbers use the released/authors' tree; on-the-fly numbers are the same recipe, other draws.
@@ -45,6 +47,7 @@ __all__ = [
     "CityscapesCCell",
     "CityscapesCTree",
     "CityscapesDataset",
+    "EngineBackend",
     "OnTheFlyCityscapesC",
     "cityscapes_c_cells",
     "imagecorruptions_backend",
@@ -277,25 +280,52 @@ def cityscapes_c_cells(root: str | Path | CityscapesCTree, corruptions: Sequence
 # Cityscapes-C on the fly
 # ---------------------------------------------------------------------------------------------------------------
 def imagecorruptions_backend(bgr: np.ndarray, corruption: str, severity: int, seed: int) -> np.ndarray:
-    """The reference corruption path: `imagecorruptions` on one image, seeded (`attnprobe.data.corruptions`).
+    """The reference corruption path: the `imagecorruptions` package on one image, seeded
+    (`attnprobe.data.corruptions`, backend "reference").
 
     The array is passed in BGR order, as the official generator did (mmcv.imread gives BGR).
     """
     from attnprobe.data.corruptions import corrupt
 
-    return corrupt(bgr, corruption, severity, seed=seed)
+    return corrupt(bgr, corruption, severity, seed=seed, backend="reference")
 
 
-#: Named corruption backends (picklable module-level functions, so DataLoader workers can use them).
-BACKENDS: dict[str, CorruptionBackend] = {"imagecorruptions": imagecorruptions_backend}
+class EngineBackend:
+    """A backend of `attnprobe.data.corruptions` ("torch": the batched engine, "reference": the imagecorruptions
+    package) as a `CorruptionBackend` on one BGR image; picklable for DataLoader workers.
+
+    The engine's default recipe here is "imagecorruptions", the recipe of the released Cityscapes-C. Its `__name__`
+    is the pixels' id (`corruption_id`, e.g. ``torch-v1/imagecorruptions``), which goes into the fingerprint.
+    """
+
+    def __init__(self, backend: str | None = None, recipe: str | None = None) -> None:
+        from attnprobe.data.corruptions import choose_backend, corruption_id
+
+        self.backend, self.recipe = choose_backend(backend, recipe, default_recipe=CITYSCAPES_C_RECIPE)
+        self.__name__ = corruption_id(self.backend, self.recipe)
+
+    def __call__(self, bgr: np.ndarray, corruption: str, severity: int, seed: int) -> np.ndarray:
+        from attnprobe.data.corruptions import corrupt
+
+        return corrupt(bgr, corruption, severity, seed=seed, backend=self.backend, recipe=self.recipe)
 
 
-def _backend(backend: str | CorruptionBackend) -> tuple[str, CorruptionBackend]:
+#: The recipe of the released Cityscapes-C (the authors ran the imagecorruptions package).
+CITYSCAPES_C_RECIPE = "imagecorruptions"
+#: Named corruption backends (see `EngineBackend`); a function `(bgr, corruption, severity, seed) -> bgr` also works.
+BACKENDS = ("torch", "reference")
+
+
+def _backend(backend: str | CorruptionBackend | None, recipe: str | None = None) -> tuple[str, CorruptionBackend]:
     if callable(backend):
+        if recipe is not None:
+            raise UserError("a corruption recipe applies to the named backends (torch, reference), not to a "
+                            "corruption function; remove the recipe")
         return getattr(backend, "__name__", type(backend).__name__), backend
-    if backend not in BACKENDS:
+    if backend is not None and backend not in BACKENDS:
         raise UserError(f"unknown corruption backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
-    return backend, BACKENDS[backend]
+    engine = EngineBackend(backend, recipe)
+    return engine.__name__, engine
 
 
 class OnTheFlyCityscapesC(CityscapesDataset):
@@ -306,21 +336,23 @@ class OnTheFlyCityscapesC(CityscapesDataset):
         corruption: one of the 19 imagecorruptions names.
         severity: 1-5.
         samples: the checked val samples (`scan_cityscapes`), shared between cells.
-        backend: the corruption function, `(bgr, corruption, severity, seed) -> bgr` (same size, uint8), or a name in
-            `BACKENDS`; default: the per-image `imagecorruptions` path.
+        backend: a name in `BACKENDS` ("torch", the default: the batched engine, one image per call; "reference":
+            the imagecorruptions package), or a corruption function `(bgr, corruption, severity, seed) -> bgr`
+            (same size, uint8).
+        recipe: the named backend's recipe (default "imagecorruptions", the released Cityscapes-C's).
         base_seed: changes every draw at once (a second repetition of an experiment).
         pipeline, output, limit: as for `CityscapesDataset`.
     """
 
     def __init__(self, root: str | Path, corruption: str, severity: int, *,
                  samples: Sequence[SegSample] | None = None,
-                 backend: str | CorruptionBackend = "imagecorruptions", base_seed: int = 0,
+                 backend: str | CorruptionBackend = "torch", recipe: str | None = None, base_seed: int = 0,
                  pipeline: SegTestPipeline | None = None, output: str = "normalized",
                  limit: int | None = None) -> None:
         from attnprobe.data.corruptions import SEED_SCHEME
 
         [(self.corruption, self.severity)] = select_cityscapes_c([corruption], [int(severity)])
-        self.backend_name, self.backend = _backend(backend)
+        self.backend_name, self.backend = _backend(backend, recipe)
         self.base_seed = int(base_seed)
         params = {"recipe": "imagecorruptions/native-size/bgr", "seeding": SEED_SCHEME, "base_seed": self.base_seed,
                   "backend": self.backend_name}
@@ -344,18 +376,20 @@ class OnTheFlyCityscapesC(CityscapesDataset):
 def on_the_fly_cityscapes_c_cells(root: str | Path, corruptions: Sequence[str] | None = None,
                                   severities: Sequence[int] | None = None, *,
                                   samples: Sequence[SegSample] | None = None,
-                                  backend: str | CorruptionBackend = "imagecorruptions", base_seed: int = 0,
-                                  pipeline: SegTestPipeline | None = None, output: str = "normalized",
-                                  limit: int | None = None) -> list[CityscapesCCell]:
-    """One on-the-fly dataset per selected cell over Cityscapes val (checked once, before any compute)."""
+                                  backend: str | CorruptionBackend = "torch", recipe: str | None = None,
+                                  base_seed: int = 0, pipeline: SegTestPipeline | None = None,
+                                  output: str = "normalized", limit: int | None = None) -> list[CityscapesCCell]:
+    """One on-the-fly dataset per selected cell over Cityscapes val (checked once, before any compute); the
+    backend's name (`corruption_id` for the named ones) is in every fingerprint and cell info."""
     selection = select_cityscapes_c(corruptions, severities)
     samples = samples if samples is not None else scan_cityscapes(root, "val")
     out = []
     for c, s in selection:
-        ds = OnTheFlyCityscapesC(root, c, s, samples=samples, backend=backend, base_seed=base_seed,
+        ds = OnTheFlyCityscapesC(root, c, s, samples=samples, backend=backend, recipe=recipe, base_seed=base_seed,
                                  pipeline=pipeline, output=output, limit=limit)
         out.append(CityscapesCCell(c, s, ds, {"source": "on_the_fly", "root": str(Path(root).expanduser().resolve()),
-                                              "backend": ds.backend_name, "base_seed": base_seed}))
+                                              "backend": ds.backend_name, "corruption_id": ds.backend_name,
+                                              "base_seed": base_seed}))
     return out
 
 
@@ -381,8 +415,9 @@ def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
 
 def write_cityscapes_c_tree(cityscapes_root: str | Path, out: str | Path, corruptions: Sequence[str] | None = None,
                             severities: Sequence[int] | None = None, *, limit: int | None = None,
-                            backend: str | CorruptionBackend = "imagecorruptions", base_seed: int = 0,
-                            clean: bool = True, progress: Callable[[int, int], None] | None = None) -> Path:
+                            backend: str | CorruptionBackend = "torch", recipe: str | None = None,
+                            base_seed: int = 0, clean: bool = True,
+                            progress: Callable[[int, int], None] | None = None) -> Path:
     """Write a Cityscapes-C tree in the official layout, with the on-the-fly pixels (same seeds, same backend).
 
     Writes `<out>/<corruption>/<severity>/<city>/<name>_leftImg8bit.png` (lossless PNG, BGR as cv2 writes, like the
@@ -394,7 +429,7 @@ def write_cityscapes_c_tree(cityscapes_root: str | Path, out: str | Path, corrup
         out: the new tree's root (new, empty, or an earlier tree of ours).
         corruptions, severities: see `select_cityscapes_c` (default: the 72 evaluated cells).
         limit: only an evenly spaced subset of this many val images.
-        backend, base_seed: as for `OnTheFlyCityscapesC`.
+        backend, recipe, base_seed: as for `OnTheFlyCityscapesC`.
         clean: also copy the clean images to `<out>/clean/`.
         progress: called with (done, total) after each file.
 
@@ -406,7 +441,8 @@ def write_cityscapes_c_tree(cityscapes_root: str | Path, out: str | Path, corrup
     root = Path(out).expanduser()
     samples = scan_cityscapes(cityscapes_root, "val")
     cells = on_the_fly_cityscapes_c_cells(cityscapes_root, corruptions, severities, samples=samples,
-                                          backend=backend, base_seed=base_seed, output="native", limit=limit)
+                                          backend=backend, recipe=recipe, base_seed=base_seed, output="native",
+                                          limit=limit)
     _claim_tree(root)
     first = cells[0].dataset
     total = len(first) * (len(cells) + 1 + int(clean))

@@ -10,7 +10,10 @@ On the fly: the ImageNet-C recipe applied to a clean folder (or to the bundled p
 Resize(256) (bilinear, as `make_imagenet_c.py`), CenterCrop(224), corrupt at severity 1-5 with a seed derived from
 the image's relative path (`attnprobe.data.corruptions.image_seed`: deterministic per image, independent of
 workers, ranks and batch order), JPEG quality-85 round trip (as the released files were saved; can be switched off),
-then the model's normalisation.
+then the model's normalisation. The corruption backend (the batched torch engine by default, or the per-image
+`imagecorruptions` package) and its recipe are part of each dataset's fingerprint. With the engine and a device
+input path (`--decode workers|device|gpu`), the engine loop corrupts each batch on the model's device
+(`OnTheFlyCorruption.encoded`); the tensors equal the CPU path's on the CPU.
 """
 
 from __future__ import annotations
@@ -217,6 +220,15 @@ def released_cells(root: str | Path | ReleasedTree, pre: Any, corruptions: Seque
 class OnTheFlyCorruption(ImageFolderDataset):
     """A clean ImageNet-style folder corrupted on the fly with the ImageNet-C recipe.
 
+    Per item: Resize(256) (bilinear) + CenterCrop(224), corrupt with the seed of the image's relative path, JPEG
+    round trip, the model's normalisation. Three ways to run it, all giving the same tensors:
+
+    * ``ds[i]``: one image (any DataLoader);
+    * ``ds.__getitems__(indices)``: a whole batch, corrupted in one call of the batched engine (the DataLoader
+      uses it when it fetches a batch from this dataset directly);
+    * ``device_corruption=True``: items are the clean uint8 crops (3, 224, 224); the caller moves a batch to its
+      device and calls ``ds.finish_batch(x_u8, indices)``, which corrupts it there (GPU) and normalises.
+
     Args:
         root: clean folder with `<wnid>/` class folders.
         corruption: ImageNet-C corruption name.
@@ -225,57 +237,184 @@ class OnTheFlyCorruption(ImageFolderDataset):
         samples: the sorted sample list (shared between cells); scanned when omitted.
         limit: evenly spaced subset size.
         jpeg_quality: quality of the JPEG round trip after corrupting (85 as the release); `None` skips it.
+        backend: "torch" (the batched engine, default) or "reference" (the imagecorruptions package, per image).
+        recipe: "imagenet-c" or "imagecorruptions" (default: the backend's; see `attnprobe.data.corruptions`).
+        device_corruption: return clean crops and leave corrupting to `finish_batch`.
     """
 
     def __init__(self, root: str | Path, corruption: str, severity: int, pre: Any, samples: Samples | None = None,
-                 limit: int | None = None, jpeg_quality: int | None = 85) -> None:
+                 limit: int | None = None, jpeg_quality: int | None = 85, backend: str = "torch",
+                 recipe: str | None = None, device_corruption: bool = False) -> None:
         from attnprobe.data import corruptions as C
 
-        self.corruption = corruption
-        self.severity = int(severity)
+        self.corruption = C.validate_corruption(corruption)
+        self.severity = C.validate_severity(severity)
         self.jpeg_quality = jpeg_quality
+        self.backend = C.validate_backend(backend)
+        self.recipe = C.resolve_recipe(backend, recipe)
+        self.device_corruption = bool(device_corruption)
         params = {"recipe": "resize256-bilinear/centercrop224/corrupt/jpeg", "jpeg_quality": jpeg_quality,
-                  "seeding": getattr(C, "SEED_SCHEME", "v1")}
+                  "seeding": C.SEED_SCHEME, "corruption": C.corruption_id(self.backend, self.recipe)}
         super().__init__(root, ModelInput(pre), samples=samples, limit=limit, kind="imagenet_c_otf", params=params)
+
+    @property
+    def corruption_id(self) -> str:
+        """Backend, recipe and engine version of the pixels (also in the fingerprint)."""
+        return str(self.params["corruption"])
+
+    def seed(self, i: int) -> int:
+        """The corruption seed of sample i (from its relative path, so every rank and worker agrees)."""
+        from attnprobe.data import corruptions as C
+
+        return C.image_seed(self.samples[i][0], self.corruption, self.severity)
+
+    @staticmethod
+    def clean_crop(img: Any) -> Any:
+        """Resize(256) (bilinear, as `make_imagenet_c.py`) and CenterCrop(224) of a PIL image."""
+        import torchvision.transforms.functional as TF
+        from torchvision.transforms import InterpolationMode
+
+        return TF.center_crop(TF.resize(img, 256, interpolation=InterpolationMode.BILINEAR), [RELEASED_SIZE] * 2)
+
+    def _jpeg(self, arr: Any) -> Any:
+        from PIL import Image
+
+        out = Image.fromarray(arr)
+        if self.jpeg_quality is None:
+            return out
+        buf = io.BytesIO()
+        out.save(buf, format="JPEG", quality=int(self.jpeg_quality), optimize=True)
+        buf.seek(0)
+        with Image.open(buf) as im:
+            return im.convert("RGB")
 
     def prepare(self, img: Any, i: int) -> Any:
         import numpy as np
-        import torchvision.transforms.functional as TF
-        from PIL import Image
-        from torchvision.transforms import InterpolationMode
 
         from attnprobe.data import corruptions as C
 
-        img = TF.center_crop(TF.resize(img, 256, interpolation=InterpolationMode.BILINEAR), [224, 224])
-        rel = self.samples[i][0]
-        seed = C.image_seed(rel, self.corruption, self.severity)
-        arr = C.corrupt(np.asarray(img), self.corruption, self.severity, seed=seed)
-        out = Image.fromarray(arr)
-        if self.jpeg_quality is not None:
-            buf = io.BytesIO()
-            out.save(buf, format="JPEG", quality=int(self.jpeg_quality), optimize=True)
-            buf.seek(0)
-            with Image.open(buf) as im:
-                out = im.convert("RGB")
+        crop = np.asarray(self.clean_crop(img))
+        arr = C.corrupt(crop, self.corruption, self.severity, seed=self.seed(i), backend=self.backend,
+                        recipe=self.recipe)
+        return self._jpeg(arr)
+
+    def _clean_u8(self, img: Any) -> torch.Tensor:
+        import numpy as np
+
+        return torch.from_numpy(np.asarray(self.clean_crop(img)).copy()).permute(2, 0, 1)  # (3, 224, 224)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, bool]:
+        if not self.device_corruption:
+            return super().__getitem__(i)
+        label = self.samples[i][1]
+        try:
+            return self._clean_u8(self.load(i)), label, True
+        except (OSError, ValueError, SyntaxError):
+            return torch.zeros(3, RELEASED_SIZE, RELEASED_SIZE, dtype=torch.uint8), label, False
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, int, bool]]:
+        """A batch of items, corrupted by one call of the batched engine (same tensors as `ds[i]` one by one)."""
+        if self.device_corruption or self.backend != "torch":
+            return [self[i] for i in indices]
+        crops, good = [], []
+        for j, i in enumerate(indices):
+            try:
+                crops.append(self._clean_u8(self.load(i)))
+                good.append(j)
+            except (OSError, ValueError, SyntaxError):
+                pass
+        out: list[tuple[torch.Tensor, int, bool]] = [(self.blank(), self.samples[i][1], False) for i in indices]
+        if crops:
+            done = self.finish_batch(torch.stack(crops), [indices[j] for j in good])
+            for k, j in enumerate(good):
+                out[j] = (done[k], self.samples[indices[j]][1], True)
         return out
+
+    def corrupt_u8(self, x_u8: torch.Tensor, indices: list[int]) -> torch.Tensor:
+        """Corrupt clean crops (B, 3, 224, 224) uint8 on their device and make the JPEG round trip: uint8 out.
+
+        Args:
+            x_u8: the clean crops of samples `indices` (as returned with ``device_corruption=True``).
+            indices: their sample indices in this dataset (they give the seeds).
+        """
+        from attnprobe.corruptions import jpeg_roundtrip
+        from attnprobe.data import corruptions as C
+
+        x = C.corrupt_batch(x_u8, self.corruption, self.severity, [self.seed(i) for i in indices],
+                            backend=self.backend, recipe=self.recipe)
+        return jpeg_roundtrip(x, int(self.jpeg_quality)) if self.jpeg_quality is not None else x
+
+    def finish_batch(self, x_u8: torch.Tensor, indices: list[int]) -> torch.Tensor:
+        """Corrupt clean crops (B, 3, 224, 224) uint8 on their device, JPEG round trip, normalise for the model.
+
+        Args:
+            x_u8: the clean crops of samples `indices` (as returned with ``device_corruption=True``).
+            indices: their sample indices in this dataset (they give the seeds).
+
+        Returns:
+            (B, 3, S, S) float on the device of `x_u8`, what ``ds[i]`` gives for each sample.
+        """
+        x = self.corrupt_u8(x_u8, indices)
+        t = self.transform
+        if t.size != RELEASED_SIZE:  # NOTE: the model's own resize, on PIL images as in `ds[i]`
+            from PIL import Image
+
+            cpu = x.to("cpu").permute(0, 2, 3, 1).numpy()
+            return torch.stack([t(Image.fromarray(a)) for a in cpu]).to(x.device)
+        mean = torch.tensor(t.mean, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(t.std, device=x.device).view(1, 3, 1, 1)
+        return (x.to(torch.float32) / 255 - mean) / std
+
+    def encoded(self, progressive: bool = True, in_worker: bool = False) -> Any:
+        """This cell for the engine's device input path (`attnprobe.engine.device_input`), corrupting on the device.
+
+        The files are decoded (nvJPEG, libjpeg-turbo, or PIL in the workers), resized (256, bilinear) and cropped
+        (224) with the exact tensor version of the CPU transform, then `corrupt_u8` runs on the batch where the
+        model runs (the GPU: no per-image CPU work but the JPEG round trip), then the model's normalisation. On the
+        CPU the tensors equal the CPU path's. None (the CPU path) for the reference backend, or a model whose input
+        is not 224 px (its resize comes after the corruption).
+        """
+        if self.backend != "torch" or self.transform.size != RELEASED_SIZE:
+            return None
+        from attnprobe.data.encoded import EncodedImages
+        from attnprobe.data.tensor_transforms import TensorRecipe
+
+        t = self.transform
+        recipe = TensorRecipe("bilinear", resize=256, crop=RELEASED_SIZE, mean=tuple(t.mean), std=tuple(t.std))
+        if not recipe.supported:
+            return None
+        return EncodedImages(self, recipe, progressive=progressive, in_worker=in_worker,
+                             stages=[self._device_stage])
+
+    def _device_stage(self, x_u8: torch.Tensor, batch: Any) -> torch.Tensor:
+        """`U8Stage` of the device path: the batch's clean crops -> corrupted (and JPEG round-tripped) crops."""
+        return self.corrupt_u8(x_u8, batch.index)
 
 
 def on_the_fly_cells(clean_root: str | Path, pre: Any, corruptions: Sequence[str] | None = None,
                      severities: Sequence[int] | None = None, limit: int | None = None,
-                     jpeg_quality: int | None = 85, samples: Samples | None = None) -> list[CellData]:
+                     jpeg_quality: int | None = 85, samples: Samples | None = None, backend: str = "torch",
+                     recipe: str | None = None, device_corruption: bool = False) -> list[CellData]:
     """One on-the-fly dataset per (corruption, severity) over a clean folder, checked before any compute.
 
-    `samples` is the folder's listing when the caller already scanned it (`scan_class_folders`).
+    `samples` is the folder's listing when the caller already scanned it (`scan_class_folders`); `backend`,
+    `recipe` and `device_corruption` go to `OnTheFlyCorruption` (the backend and recipe also into each cell's
+    info and the dataset fingerprint).
     """
+    from attnprobe.data import corruptions as C
+
     names, sevs = check_corruption_names(corruptions), check_severities(severities)
+    recipe = C.resolve_recipe(backend, recipe)
     if samples is None:
         samples = scan_class_folders(clean_root, what="clean validation folder")
     cells = []
     for c in names:
         for s in sevs:
-            ds = OnTheFlyCorruption(clean_root, c, s, pre, samples=samples, limit=limit, jpeg_quality=jpeg_quality)
+            ds = OnTheFlyCorruption(clean_root, c, s, pre, samples=samples, limit=limit, jpeg_quality=jpeg_quality,
+                                    backend=backend, recipe=recipe, device_corruption=device_corruption)
             info = {"source": "on_the_fly", "root": str(Path(clean_root).expanduser().resolve()),
-                    "jpeg_quality": jpeg_quality,
+                    "jpeg_quality": jpeg_quality, "corruption_backend": backend, "corruption_recipe": recipe,
+                    "corruption_id": ds.corruption_id,
                     "resized_to": int(pre.input_size) if int(pre.input_size) != RELEASED_SIZE else None}
             cells.append(CellData(c, s, ds, info))
     return cells

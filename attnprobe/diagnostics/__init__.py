@@ -23,6 +23,10 @@ slide inference (its card's crop, 1024 x 1024 for the official models: 4096 toke
 
 Stored values (`ResultsStore.add_diagnostics`, one row per image, layer and head; `head = -1` when not per head):
 
+Corrupted images come from the batched torch engine (recipe imagenet-c) unless `corruption_source=
+CorruptionSource(backend, recipe)` says otherwise; a corrupted series is stored under the dataset id tagged with
+what corrupted it (`<dataset>;corruption=torch-v1/imagenet-c`), so two backends or recipes are never one series.
+
 * `attention_cosine` (per head; condition = corruption, severity 1-5): cosine of clean vs corrupted maps.
 * `head_similarity` (head -1; condition `clean` or a corruption): mean cosine over head pairs.
 * `row_similarity`, `topk_column_mass`, `row_entropy`, `column_gini` (head -1): overfocusing measures.
@@ -61,13 +65,13 @@ Artifact format (`kind="attention_maps"`, one file per model, image and conditio
 
 from attnprobe.diagnostics.drivers import (DEFAULT_BATCH_SIZE, DEFAULT_KEEP_MAPS, attention_maps, heads, overfocus,
                                           stability)
-from attnprobe.diagnostics.inputs import CLEAN, Condition, ModelEntry, corrupted_conditions
+from attnprobe.diagnostics.inputs import CLEAN, Condition, CorruptionSource, ModelEntry, corrupted_conditions
 from attnprobe.diagnostics.maps import ARTIFACT_KIND, load_maps
 from attnprobe.diagnostics.reducer import HEADS_METRIC, STABILITY_METRIC
 from attnprobe.diagnostics.results import DiagnosticsResult
 
 __all__ = [
-    "ARTIFACT_KIND", "CLEAN", "Condition", "DEFAULT_BATCH_SIZE", "DEFAULT_KEEP_MAPS", "DiagnosticsResult",
-    "HEADS_METRIC", "ModelEntry", "STABILITY_METRIC", "attention_maps", "corrupted_conditions", "heads", "load_maps",
+    "ARTIFACT_KIND", "CLEAN", "Condition", "CorruptionSource", "DEFAULT_BATCH_SIZE", "DEFAULT_KEEP_MAPS",
+    "DiagnosticsResult", "HEADS_METRIC", "ModelEntry", "STABILITY_METRIC", "attention_maps", "corrupted_conditions", "heads", "load_maps",
     "overfocus", "stability",
 ]

@@ -7,8 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from attnprobe.data.images import ImageSet
-from attnprobe.diagnostics.inputs import CLEAN, Condition, ModelEntry, corrupted_conditions
-from attnprobe.diagnostics.maps import ARTIFACT_KIND
+from attnprobe.diagnostics.inputs import CLEAN, Condition, CorruptionSource, ModelEntry, corrupted_conditions
 from attnprobe.diagnostics.reducer import HEADS_METRIC, STABILITY_METRIC, Plan
 from attnprobe.diagnostics.results import DiagnosticsResult, rounded
 from attnprobe.diagnostics.runner import DiagnosticsRun, Progress
@@ -37,8 +36,8 @@ def _tag_precision(images: ImageSet, entries: Sequence[ModelEntry]) -> ImageSet:
 
 def stability(entries: Sequence[ModelEntry], images: ImageSet, corruption: str, severities: Sequence[int] = (3,), *,
               store: ResultsStore | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-              keep_maps: int = DEFAULT_KEEP_MAPS, fresh: bool = False,
-              progress: Progress | None = None) -> DiagnosticsResult:
+              keep_maps: int = DEFAULT_KEEP_MAPS, fresh: bool = False, progress: Progress | None = None,
+              corruption_source: CorruptionSource | None = None) -> DiagnosticsResult:
     """Attention stability: per image, layer and head, cosine between clean and corrupted maps.
 
     Args:
@@ -50,6 +49,8 @@ def stability(entries: Sequence[ModelEntry], images: ImageSet, corruption: str, 
         keep_maps: save full maps of the first this-many images (clean and corrupted) for figures.
         fresh: drop this series' stored values first and recompute.
         progress: `progress(finished, total)` after each batch (images summed over models).
+        corruption_source: what corrupts the images (default: the torch engine, recipe imagenet-c); part of the
+            corrupted series' dataset id (see `CorruptionSource`).
 
     Returns:
         One result per (model, severity): `mean_cosine` over layers, heads and images, and `layers`, each with
@@ -58,7 +59,7 @@ def stability(entries: Sequence[ModelEntry], images: ImageSet, corruption: str, 
     images = _tag_precision(images, entries)
     conds = corrupted_conditions(corruption, severities)
     plan = Plan("stability", conds, clean_metrics=[], corrupted_metrics=[], cosine=True)
-    eng = DiagnosticsRun(plan, entries, images, store, batch_size, keep_maps, fresh, progress, None)
+    eng = DiagnosticsRun(plan, entries, images, store, batch_size, keep_maps, fresh, progress, None, corruption_source)
     eng.run()
     results = []
     for e in entries:
@@ -83,7 +84,8 @@ def _with_clean(corruption: str | None, severities: Sequence[int]) -> list[Condi
 def overfocus(entries: Sequence[ModelEntry], images: ImageSet, corruption: str | None = None,
               severities: Sequence[int] = (3,), *, k: int = 5, tau: float = 2.0, store: ResultsStore | None = None,
               batch_size: int = DEFAULT_BATCH_SIZE, keep_maps: int = 0, fresh: bool = False,
-              progress: Progress | None = None) -> DiagnosticsResult:
+              progress: Progress | None = None, corruption_source: CorruptionSource | None = None
+              ) -> DiagnosticsResult:
     """Overfocusing measures per layer on clean images (and corrupted ones when `corruption` is given).
 
     Returns:
@@ -98,7 +100,7 @@ def overfocus(entries: Sequence[ModelEntry], images: ImageSet, corruption: str |
     conds = _with_clean(corruption, severities)
     metrics = list(OVERFOCUS_METRICS)
     plan = Plan("overfocus", conds, clean_metrics=metrics, corrupted_metrics=metrics, cosine=False, k=k, tau=tau)
-    eng = DiagnosticsRun(plan, entries, images, store, batch_size, keep_maps, fresh, progress, None)
+    eng = DiagnosticsRun(plan, entries, images, store, batch_size, keep_maps, fresh, progress, None, corruption_source)
     eng.run()
     results = []
     for e in entries:
@@ -123,7 +125,7 @@ def overfocus(entries: Sequence[ModelEntry], images: ImageSet, corruption: str |
 def heads(entries: Sequence[ModelEntry], images: ImageSet, corruption: str | None = None,
           severities: Sequence[int] = (3,), *, store: ResultsStore | None = None,
           batch_size: int = DEFAULT_BATCH_SIZE, keep_maps: int = 0, fresh: bool = False,
-          progress: Progress | None = None) -> DiagnosticsResult:
+          progress: Progress | None = None, corruption_source: CorruptionSource | None = None) -> DiagnosticsResult:
     """Head similarity per layer (mean cosine over head pairs; the paper's 0.63 vs 0.27 is the mean over layers).
 
     Returns:
@@ -133,7 +135,7 @@ def heads(entries: Sequence[ModelEntry], images: ImageSet, corruption: str | Non
     images = _tag_precision(images, entries)
     conds = _with_clean(corruption, severities)
     plan = Plan("heads", conds, clean_metrics=[HEADS_METRIC], corrupted_metrics=[HEADS_METRIC], cosine=False)
-    eng = DiagnosticsRun(plan, entries, images, store, batch_size, keep_maps, fresh, progress, None)
+    eng = DiagnosticsRun(plan, entries, images, store, batch_size, keep_maps, fresh, progress, None, corruption_source)
     eng.run()
     results = []
     for e in entries:
@@ -155,7 +157,8 @@ def heads(entries: Sequence[ModelEntry], images: ImageSet, corruption: str | Non
 def attention_maps(entries: Sequence[ModelEntry], images: ImageSet, corruption: str | None = None,
                    severities: Sequence[int] = (3,), *, store: ResultsStore | None = None,
                    out_dir: str | Path | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-                   fresh: bool = False, progress: Progress | None = None) -> DiagnosticsResult:
+                   fresh: bool = False, progress: Progress | None = None,
+                   corruption_source: CorruptionSource | None = None) -> DiagnosticsResult:
     """Save every layer's maps of every image (clean, and corrupted when `corruption` is given) as `.npz` artifacts.
 
     Args:
@@ -170,14 +173,13 @@ def attention_maps(entries: Sequence[ModelEntry], images: ImageSet, corruption: 
     conds = _with_clean(corruption, severities)
     plan = Plan("attention", conds, clean_metrics=[], corrupted_metrics=[], cosine=False)
     eng = DiagnosticsRun(plan, entries, images, store, batch_size, None, fresh, progress,
-                  Path(out_dir).expanduser().resolve() if store is None else None)
+                         Path(out_dir).expanduser().resolve() if store is None else None, corruption_source)
     eng.run()
     results = []
     for e in entries:
         arts = [a for a in eng.artifacts if a["model"] == e.name]
         if store is not None:
-            for a in store.artifacts(model=e.name, checkpoint_sha256=e.checkpoint_sha256, kind=ARTIFACT_KIND,
-                                     dataset=images.dataset):
+            for a in eng.stored_maps(e):
                 wanted = a["image"] in eng.keep_ids and any(
                     a["condition"] == c.name and int(a["severity"]) == c.severity for c in [CLEAN, *conds])
                 if wanted and not any(x["path"] == a["abspath"] for x in arts):

@@ -13,7 +13,7 @@ from torch import nn
 from attnprobe.data import corruptions as C
 from attnprobe.data.images import ImageRecord, model_input_u8
 
-__all__ = ["CLEAN", "Condition", "InputCache", "ModelEntry", "corrupted_conditions"]
+__all__ = ["CLEAN", "Condition", "CorruptionSource", "InputCache", "ModelEntry", "corrupted_conditions"]
 
 
 @dataclass
@@ -71,6 +71,29 @@ class Condition:
 CLEAN = Condition()
 
 
+@dataclass(frozen=True)
+class CorruptionSource:
+    """What corrupts the images (`attnprobe.data.corruptions`): the backend and its recipe.
+
+    Corrupted series are stored under the dataset id tagged with `id` (`dataset_of`), so values measured on
+    the pixels of two backends, recipes or engine versions never mix; clean series keep the plain dataset id.
+    """
+
+    backend: str | None = None  # None: the torch engine
+    recipe: str | None = None  # None: the backend's (imagenet-c for the engine)
+    id: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        backend, recipe = C.choose_backend(self.backend, self.recipe)
+        object.__setattr__(self, "backend", backend)
+        object.__setattr__(self, "recipe", recipe)
+        object.__setattr__(self, "id", C.corruption_id(backend, recipe))
+
+    def dataset_of(self, dataset: str, cond: Condition) -> str:
+        """The dataset id a series of `cond` is stored under: tagged with `id` for a corruption."""
+        return dataset if cond.corruption is None else C.tag_corruption(dataset, self.id)
+
+
 def corrupted_conditions(corruption: str, severities: Iterable[int]) -> list[Condition]:
     """Validated conditions for one corruption at several severities."""
     name = C.validate_corruption(corruption)
@@ -81,7 +104,8 @@ class InputCache:
     """The uint8 model inputs of one batch of images, per preprocessing and condition: every image is decoded once,
     and models with the same preprocessing get pixel-identical (corrupted) inputs."""
 
-    def __init__(self) -> None:
+    def __init__(self, source: CorruptionSource | None = None) -> None:
+        self.source = source if source is not None else CorruptionSource()
         self._pil: dict[str, Any] = {}
         self._u8: dict[tuple[str, Condition], dict[str, np.ndarray]] = {}
 
@@ -89,16 +113,25 @@ class InputCache:
         """(B, S, S, 3) uint8: `records` as `entry`'s evaluation transform prepares them, under `cond`."""
         pre = entry.preprocessing
         cache = self._u8.setdefault((pre.key(), cond), {})
-        out = []
-        for r in records:
-            if r.id not in cache:
-                if cond.corruption is None:
-                    if r.id not in self._pil:
-                        self._pil[r.id] = r.load()
-                    cache[r.id] = model_input_u8(self._pil[r.id], pre)
-                else:
-                    clean = self.get(entry, [r], CLEAN)[0]
-                    seed = C.image_seed(r.id, cond.corruption, cond.severity)
-                    cache[r.id] = C.corrupt(clean, cond.corruption, cond.severity, seed=seed)
-            out.append(cache[r.id])
-        return np.stack(out)
+        missing = list({r.id: r for r in records if r.id not in cache}.values())
+        if missing and cond.corruption is None:
+            for r in missing:
+                if r.id not in self._pil:
+                    self._pil[r.id] = r.load()
+                cache[r.id] = model_input_u8(self._pil[r.id], pre)
+        elif missing:
+            cache.update(self._corrupt(entry, missing, cond))
+        return np.stack([cache[r.id] for r in records])
+
+    def _corrupt(self, entry: ModelEntry, records: Sequence[ImageRecord], cond: Condition) -> dict[str, np.ndarray]:
+        """The corrupted inputs of `records`, in one call of the batched engine (per-image seeds: the same pixels
+        as one image at a time)."""
+        import torch
+
+        assert cond.corruption is not None
+        clean = torch.from_numpy(self.get(entry, records, CLEAN)).permute(0, 3, 1, 2)  # (B, 3, S, S)
+        seeds = [C.image_seed(r.id, cond.corruption, cond.severity) for r in records]
+        out = C.corrupt_batch(clean.contiguous(), cond.corruption, cond.severity, seeds, backend=self.source.backend,
+                              recipe=self.source.recipe)
+        hwc = out.permute(0, 2, 3, 1).numpy()  # (B, S, S, 3)
+        return {r.id: np.ascontiguousarray(hwc[i]) for i, r in enumerate(records)}

@@ -27,8 +27,12 @@ def slug(text: str) -> str:
     return f"{safe}-{hashlib.sha1(text.encode('utf-8')).hexdigest()[:8]}"
 
 
-def artifact_path(root: Path, entry: ModelEntry, image_id: str, cond: Condition) -> Path:
+def artifact_path(root: Path, entry: ModelEntry, image_id: str, cond: Condition,
+                  corruption_id: str | None = None) -> Path:
+    """Where the map file of one model, image and condition goes (`corruption_id`: what corrupted the image)."""
     sub = cond.name if cond.corruption is None else f"{cond.name}-s{cond.severity}"
+    if corruption_id is not None and corruption_id != C.corruption_id():  # NOTE: the default engine keeps short paths
+        sub = f"{sub}-{re.sub(r'[^A-Za-z0-9.-]+', '_', corruption_id)}"
     if entry.precision != "fp32":  # NOTE: reduced-precision maps never overwrite fp32 ones
         sub = f"{sub}-{entry.precision}"
     return root / "maps" / slug(entry.name) / entry.checkpoint_sha256.replace(":", "_")[:12] / sub / \

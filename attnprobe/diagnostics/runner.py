@@ -14,7 +14,7 @@ from torch import nn
 from attnprobe.capture import AttentionCapture, no_token_attention_message
 from attnprobe.data import corruptions as C
 from attnprobe.data.images import ImageRecord, ImageSet, normalize_u8
-from attnprobe.diagnostics.inputs import CLEAN, Condition, InputCache, ModelEntry
+from attnprobe.diagnostics.inputs import CLEAN, Condition, CorruptionSource, InputCache, ModelEntry
 from attnprobe.diagnostics.maps import ARTIFACT_KIND, artifact_path, save_maps
 from attnprobe.diagnostics.reducer import BatchReducer, Plan
 from attnprobe.diagnostics.results import RunningStats, ranges, stored_stats
@@ -52,18 +52,17 @@ class _Resume:
     """What the store already holds for one model: stored images per series, and saved map files."""
 
     def __init__(self, run: DiagnosticsRun, entry: ModelEntry) -> None:
-        store, dataset = run.store, run.images.dataset
+        store = run.store
         self.images: dict[tuple[str, Condition], set[str]] = {}
         for metric, cond in run.plan.series():
-            key = _diag_key(entry, metric, dataset, cond)
+            key = _diag_key(entry, metric, run.dataset_of(cond), cond)
             if store is not None and run.fresh:
                 store.clear_diagnostics(key)
             self.images[(metric, cond)] = (store.diagnostic_images(key) if store is not None and not run.fresh
                                            else set())
         self.maps: set[tuple[str, Condition]] = set()
         if store is not None and not run.fresh:
-            for a in store.artifacts(model=entry.name, checkpoint_sha256=entry.checkpoint_sha256, kind=ARTIFACT_KIND,
-                                     dataset=dataset):
+            for a in run.stored_maps(entry):
                 if Path(a["abspath"]).is_file():
                     self.maps.add((a["image"], Condition(None if a["condition"] == "clean" else a["condition"],
                                                          int(a["severity"]))))
@@ -81,7 +80,7 @@ class DiagnosticsRun:
 
     def __init__(self, plan: Plan, entries: Sequence[ModelEntry], images: ImageSet, store: ResultsStore | None,
                  batch_size: int, keep_maps: int | None, fresh: bool, progress: Progress | None,
-                 maps_root: Path | None) -> None:
+                 maps_root: Path | None, corruption: CorruptionSource | None = None) -> None:
         if not entries:
             raise UserError("no model given; pass at least one --model")
         names = [(e.name, e.checkpoint_sha256) for e in entries]
@@ -93,6 +92,7 @@ class DiagnosticsRun:
             raise UserError(f"--batch-size must be at least 1, got {batch_size}")
         self.plan, self.entries, self.images, self.store = plan, list(entries), images, store
         self.batch_size, self.fresh, self.progress = batch_size, fresh, progress
+        self.corruption = corruption if corruption is not None else CorruptionSource()
         n_keep = len(images) if keep_maps is None else max(int(keep_maps), 0)
         self.keep_ids = set(images.ids[:n_keep])
         if self.keep_ids and store is None and maps_root is None:
@@ -119,7 +119,7 @@ class DiagnosticsRun:
         total = sum(1 for r in records for e in self.entries if resume[id(e)].needs(r.id))
         for start in range(0, len(records), self.batch_size):
             batch = records[start:start + self.batch_size]
-            inputs = InputCache()
+            inputs = InputCache(self.corruption)
             for e in self.entries:
                 sub = [r for r in batch if resume[id(e)].needs(r.id)]
                 step = _images_per_pass(e, len(sub))
@@ -182,7 +182,7 @@ class DiagnosticsRun:
                     else:
                         rows.extend((sub[i].id, layer, h, hv) for h, hv in enumerate(v))
             if self.store is not None:
-                self.store.add_diagnostics(_diag_key(e, metric, self.images.dataset, cond), rows)
+                self.store.add_diagnostics(_diag_key(e, metric, self.dataset_of(cond), cond), rows)
             else:
                 stats = self.stats.setdefault((id(e), metric, cond), RunningStats())
                 for layer, vals in per_layer.items():
@@ -201,12 +201,12 @@ class DiagnosticsRun:
                 if not layers:
                     continue
                 r = sub[pos]
-                path = artifact_path(self.maps_root, e, r.id, c)
+                path = artifact_path(self.maps_root, e, r.id, c, None if c.corruption is None else self.corruption.id)
                 seed = None if c.corruption is None else C.image_seed(r.id, c.corruption, c.severity)
-                meta = save_maps(path, e, self.images.dataset, r.id, c, seed, u8[pos], layers,
+                meta = save_maps(path, e, self.dataset_of(c), r.id, c, seed, u8[pos], layers,
                                  reducer.kept_cls.get((pos, c), []), reducer.layers)
                 if self.store is not None:
-                    self.store.add_artifact(e.name, e.checkpoint_sha256, ARTIFACT_KIND, self.images.dataset, c.name,
+                    self.store.add_artifact(e.name, e.checkpoint_sha256, ARTIFACT_KIND, self.dataset_of(c), c.name,
                                             c.severity, r.id, path, meta=meta)
                 self.artifacts.append({"model": e.name, "image": r.id, "condition": c.name, "severity": c.severity,
                                        "path": str(path)})
@@ -216,12 +216,25 @@ class DiagnosticsRun:
         """Statistics per (layer, head) of one series over this run's images (from the store when there is one)."""
         if self.store is None:
             return self.stats.get((id(e), metric, cond), RunningStats())
-        return stored_stats(self.store, _diag_key(e, metric, self.images.dataset, cond), self.images.ids)
+        return stored_stats(self.store, _diag_key(e, metric, self.dataset_of(cond), cond), self.images.ids)
+
+    def dataset_of(self, cond: Condition) -> str:
+        """The dataset id of `cond`'s series: the images', tagged with the corruption source for a corruption."""
+        return self.corruption.dataset_of(self.images.dataset, cond)
+
+    def stored_maps(self, e: ModelEntry) -> list[dict[str, Any]]:
+        """The store's map artifacts of `e` on these images: clean ones, and corrupted ones of this run's source."""
+        if self.store is None:
+            return []
+        wanted = {self.images.dataset, self.dataset_of(Condition("any", 1))}
+        return [a for a in self.store.artifacts(model=e.name, checkpoint_sha256=e.checkpoint_sha256,
+                                                kind=ARTIFACT_KIND) if a["dataset"] in wanted]
 
     def base(self, e: ModelEntry, cond: Condition) -> dict[str, Any]:
         """The fields every result entry starts with."""
-        return {"model": e.name, "checkpoint_sha256": e.checkpoint_sha256, "dataset": self.images.dataset,
+        return {"model": e.name, "checkpoint_sha256": e.checkpoint_sha256, "dataset": self.dataset_of(cond),
                 "condition": cond.name, "corruption": cond.corruption, "severity": cond.severity,
+                "corruption_id": None if cond.corruption is None else self.corruption.id,
                 "notes": self.model_notes(e)}
 
     def layer_meta(self, e: ModelEntry, layer: int) -> dict[str, Any]:

@@ -46,7 +46,7 @@ from attnprobe.report.loaders import (
     paper_numbers,
 )
 from attnprobe.report.style import ModelStyles, method_kind, save_figure
-from attnprobe.report.sources import parse_source
+from attnprobe.report.sources import one_corruption_source, parse_source
 from attnprobe.report.summary import (
     CountingSummary,
     DiagnosticSummary,
@@ -80,6 +80,7 @@ class ReportData:
     shas: dict[str, str]
     styles: ModelStyles
     baseline: str | None
+    notes: list[str] = field(default_factory=list)  # what loading chose (e.g. one corruption source per series)
 
     def checkpoints(self, keys: Sequence[str] | None = None) -> str:
         """'Checkpoints (sha256): FAN-B 823a2f9fbfbc, ...' for the caption."""
@@ -132,7 +133,10 @@ def load_report_data(store: ResultsStore, baseline: str | None = None,
     cells = cells_frame(store)
     cells = cells[~cells["task"].isin(SEG_TASKS)] if not cells.empty else cells  # NOTE: drawn by report/segmentation
     chunks = chunks_frame(store)
-    diags = {m: diagnostics_frame(store, m) for m in DIAGNOSTIC_METRICS}
+    diags, notes = {}, []
+    for m in DIAGNOSTIC_METRICS:  # NOTE: one corruption backend/recipe per series, never a mix (report.sources)
+        diags[m], more = one_corruption_source(diagnostics_frame(store, m), m)
+        notes += more
     maps = attention_map_refs(store)
     keys = sorted(set(runs["key"]) | set(cells["key"] if not cells.empty else [])
                   | {k for d in diags.values() for k in d["key"].unique()} | {m.key for m in maps})
@@ -162,7 +166,7 @@ def load_report_data(store: ResultsStore, baseline: str | None = None,
         baseline = default_baseline(keys, cards)
     styles = ModelStyles(keys, cards, baseline)
     return ReportData(store_root=store.root, runs=runs, cells=cells, chunks=chunks, diagnostics=diags, maps=maps,
-                      keys=styles.sort(keys), cards=cards, shas=shas, styles=styles, baseline=baseline)
+                      keys=styles.sort(keys), cards=cards, shas=shas, styles=styles, baseline=baseline, notes=notes)
 
 
 def _short(fps: Sequence[str], n: int = 3) -> str:
@@ -432,6 +436,7 @@ def build_report(results_dir: str | Path, out_dir: str | Path, baseline: str | N
     # NOTE: folders are made by the first file written into them, so a refused request leaves nothing behind
     fig_dir, tab_dir = out / "figures", out / "tables"
     page = _Page(data, tab_dir)
+    page.notes += data.notes
     summary = _counting_section(page, fig_dir, formats, ce_reference, n_resamples, seed, family)
     stab = _diagnostics_section(page, condition, severity, n_resamples, seed)
     figures = page.figures
@@ -708,7 +713,7 @@ def missing_for_plot(results_dir: str | Path, plot: str, models: Sequence[str] |
                         and (severity is None or r.severity == severity)]
             have = {r.key for r in refs}
         else:
-            df = diagnostics_frame(store, need)
+            df = one_corruption_source(diagnostics_frame(store, need))[0]
             if condition is not None:
                 df = df[df["condition"] == condition]
             if severity is not None:

@@ -353,9 +353,16 @@ def attention_map_refs(store: ResultsStore) -> list[MapRef]:
     shas = _shas_per_model(store)
     groups: dict[tuple, dict[tuple[str, int], str]] = {}
     depth: dict[tuple, int] = {}
-    for a in store.artifacts(kind=ATTENTION_MAPS_KIND):
-        g = groups.setdefault((a["model"], a["checkpoint_sha256"], a["dataset"], a["image"]), {})
-        g[(a["condition"], int(a["severity"]))] = a["abspath"]
+    from attnprobe.data.corruptions import tagged_corruption, untag_corruption
+    from attnprobe.report.sources import corruption_rank
+
+    # NOTE: corrupted maps are stored under the dataset tagged with their corruption source; they pair with the clean
+    # maps of the plain dataset, and where two sources made one condition the default engine's maps are drawn
+    arts = sorted(store.artifacts(kind=ATTENTION_MAPS_KIND), key=lambda a: corruption_rank(tagged_corruption(
+        a["dataset"])))
+    for a in arts:
+        g = groups.setdefault((a["model"], a["checkpoint_sha256"], untag_corruption(a["dataset"]), a["image"]), {})
+        g.setdefault((a["condition"], int(a["severity"])), a["abspath"])
         if isinstance(a["meta"].get("num_layers"), int):
             depth[(a["model"], a["checkpoint_sha256"])] = a["meta"]["num_layers"]
     refs = []

@@ -29,7 +29,9 @@ __all__ = [
     "SourceGroup",
     "cell_source",
     "choose_group",
+    "corruption_rank",
     "group_cells",
+    "one_corruption_source",
     "parse_source",
 ]
 
@@ -52,7 +54,9 @@ _PREFIX_KINDS = {"imagenet_c": "released", "imagenet_p": "released", "imagenet_c
 _KIND_WORDS = {"released": "released", "on_the_fly": "generated on the fly", "regenerated": "regenerated",
                "folder": "image folder", "synthetic": "synthetic images", "unlabelled": "source not recorded"}
 _KIND_RANK = {"released": 0, "regenerated": 1, "on_the_fly": 1, "folder": 2, "synthetic": 2, "unlabelled": 3}
-_BACKEND_KEYS = ("backend", "engine", "corruption_backend", "corruption_engine")
+# NOTE: `corruption_id` first: it names backend, recipe and engine version (`torch-v1/imagenet-c`), so two recipes of
+# one backend are two sources
+_BACKEND_KEYS = ("corruption_id", "backend", "engine", "corruption_backend", "corruption_engine")
 
 
 @dataclass(frozen=True)
@@ -270,3 +274,49 @@ def choose_group(groups: Sequence[SourceGroup] | None, prefer: str | None = None
                 -g.n_total, g.source.root or "")
 
     return min(pool, key=rank)
+
+
+def corruption_rank(corruption_id: str | None) -> tuple[int, str]:
+    """Sort key of corruption sources: the default engine and recipe first, then older untagged results, then the
+    rest by name (so a choice between two sources is the same on every run)."""
+    from attnprobe.data.corruptions import corruption_id as default_id
+
+    if corruption_id == default_id():
+        return 0, ""
+    return (1, "") if not corruption_id else (2, corruption_id)
+
+
+def one_corruption_source(df: pd.DataFrame, what: str = "values") -> tuple[pd.DataFrame, list[str]]:
+    """Diagnostic rows (`loaders.diagnostics_frame`) with ONE corruption source per run key, condition and severity.
+
+    A corrupted series is stored under its dataset id tagged with what corrupted the images
+    (`attnprobe.data.corruptions.tag_corruption`); when a run holds the same condition from two backends or recipes,
+    the source with most images is kept (then the default engine), never an average of both, and a note says so.
+    """
+    from attnprobe.data.corruptions import tagged_corruption
+
+    if df.empty or "dataset" not in df.columns:
+        return df, []
+    ids = df["dataset"].map({d: tagged_corruption(d) or "" for d in df["dataset"].unique()})
+    corrupted = df["condition"] != "clean"
+    frame = df.assign(cid=ids)
+    counts = (frame[corrupted].groupby(["key", "condition", "severity", "cid"])["image"].nunique()
+              .reset_index(name="n"))
+    drop: list[tuple[str, str, int, str]] = []
+    notes = []
+    for (key, cond, sev), g in counts.groupby(["key", "condition", "severity"], sort=True):
+        if len(g) < 2:
+            continue
+        ranked = sorted(g.itertuples(index=False), key=lambda r: (-r.n, corruption_rank(r.cid or None)))
+        keep = ranked[0]
+        drop += [(key, cond, int(sev), r.cid) for r in ranked[1:]]
+        others = ", ".join(f"{r.cid or 'an unrecorded backend'} ({r.n} images)" for r in ranked[1:])
+        notes.append(f"{key}: {what} at {cond} severity {int(sev)} exist for images corrupted by "
+                     f"{keep.cid or 'an unrecorded backend'} ({keep.n} images) and by {others}; the report uses the "
+                     f"first, never a mix.")
+    if not drop:
+        return df, notes
+    gone = pd.MultiIndex.from_tuples(drop, names=["key", "condition", "severity", "cid"])
+    index = pd.MultiIndex.from_frame(frame[["key", "condition", "severity", "cid"]].astype(
+        {"severity": int}))
+    return df[~index.isin(gone)].reset_index(drop=True), notes

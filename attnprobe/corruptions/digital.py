@@ -1,0 +1,233 @@
+"""Digital corruptions: contrast, brightness, saturate, JPEG, pixelate, elastic transform.
+
+Float inputs are in [0, 1], (B, 3, H, W); outputs are the 0-255 scale before truncation, or uint8.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+from attnprobe.corruptions import params as P
+from attnprobe.corruptions.filters import gaussian_filter
+from attnprobe.corruptions.params import Recipe
+from attnprobe.corruptions.resample import map_coordinates, pil_resize, pil_resize_nearest
+from attnprobe.corruptions.rng import ImageRNG
+
+__all__ = ["brightness", "contrast", "elastic_transform", "jpeg_compression", "jpeg_roundtrip", "pixelate",
+           "saturate"]
+
+
+def contrast(x: torch.Tensor, severity: int) -> torch.Tensor:
+    """(x - mean) * c + mean with the mean of each channel, c = 0.4 .. 0.05."""
+    c = P.CONTRAST[severity - 1]
+    mean = x.mean(dim=(-2, -1), keepdim=True)
+    return x.sub_(mean).mul_(c).add_(mean).clamp_(0, 1).mul_(255)
+
+
+def _rgb_to_hsv(rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """skimage's rgb2hsv of (B, 3, H, W) in [0, 1], float64 and the same operations, so the same bits."""
+    r, g, b = rgb.unbind(1)
+    v = torch.maximum(torch.maximum(r, g), b)
+    delta = v - torch.minimum(torch.minimum(r, g), b)
+    grey = delta == 0
+    delta_safe = delta.masked_fill(grey, 1.0)
+    s = (delta / v.masked_fill(grey, 1.0)).masked_fill_(grey, 0.0)
+    # NOTE: skimage assigns red, then green, then blue: on ties the later channel wins.
+    h = torch.where(b == v, (r - g).div_(delta_safe).add_(4.0),
+                    torch.where(g == v, (b - r).div_(delta_safe).add_(2.0), (g - b).div_(delta_safe)))
+    h = torch.remainder(h.div_(6.0), 1.0).masked_fill_(grey, 0.0)
+    return h, s, v
+
+
+# which of (0, 1, f, 1 - f) each channel's k is in each hue sector (see `_hsv_to_rgb`)
+_SECTOR_K = torch.tensor([[0, 2, 1, 1, 3, 0], [3, 0, 0, 2, 1, 1], [1, 1, 3, 0, 0, 2]])
+
+
+def _hsv_to_rgb(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """skimage's hsv2rgb (float64, same operations, so the same bits) -> (B, 3, H, W).
+
+    In sector i = floor(6 h) each channel is one of v, p = v(1-s), q = v(1-fs), t = v(1-(1-f)s) (f = 6h - i):
+    all are v(1 - k s) with k in (0, 1, f, 1 - f), and k s, 1 - k s, v(1 - k s) round exactly as skimage's
+    expressions do (multiplying by 0 or 1 is exact).
+    """
+    h6 = h * 6
+    hi = torch.floor(h6)
+    f = h6 - hi
+    sector = torch.remainder(hi, 6).to(torch.int64)  # (B, H, W)
+    ks = torch.stack([torch.zeros_like(f), torch.ones_like(f), f, 1 - f])  # (4, B, H, W)
+    choice = _SECTOR_K.to(h.device)[:, sector]  # (3, B, H, W)
+    k = ks.gather(0, choice)  # (3, B, H, W)
+    return (1 - k * s).mul_(v).transpose(0, 1)
+
+
+def brightness(x_u8: torch.Tensor, severity: int) -> torch.Tensor:
+    """HSV value + c (clipped to 1), c = 0.1 .. 0.5: skimage's rgb2hsv / hsv2rgb round trip in float64."""
+    h, s, v = _rgb_to_hsv(x_u8.to(torch.float64) / 255)
+    out = _hsv_to_rgb(h, s, (v + P.BRIGHTNESS[severity - 1]).clamp_(0, 1))
+    return out.clamp_(0, 1).mul_(255)
+
+
+def saturate(x_u8: torch.Tensor, severity: int) -> torch.Tensor:
+    """HSV saturation * a + b (clipped to [0, 1]): skimage's rgb2hsv / hsv2rgb round trip in float64."""
+    a, b = P.SATURATE[severity - 1]
+    h, s, v = _rgb_to_hsv(x_u8.to(torch.float64) / 255)
+    out = _hsv_to_rgb(h, (s * a + b).clamp_(0, 1), v)
+    return out.clamp_(0, 1).mul_(255)
+
+
+# --- JPEG -------------------------------------------------------------------------------------------------------
+
+
+def _jpeg_one(image: torch.Tensor, quality: int) -> torch.Tensor:
+    """JPEG round trip of one (3, H, W) uint8 CPU image: torchvision's libjpeg bindings, else PIL (same bytes)."""
+    try:
+        from torchvision.io import decode_jpeg, encode_jpeg
+    except ImportError:  # NOTE: torchvision deprecates its JPEG codecs; PIL makes the same bytes, a bit slower
+        return _jpeg_pil(image, quality)
+    return decode_jpeg(encode_jpeg(image, quality=quality))
+
+
+def _jpeg_pil(image: torch.Tensor, quality: int) -> torch.Tensor:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(buf, format="JPEG", quality=quality)
+    buf.seek(0)
+    with Image.open(buf) as im:
+        return torch.from_numpy(np.asarray(im.convert("RGB")).copy()).permute(2, 0, 1)
+
+
+def _workers(n: int) -> int:
+    return min(n, max(1, torch.get_num_threads()), os.cpu_count() or 1)
+
+
+def _map_images(fn, batch: torch.Tensor) -> list[torch.Tensor]:  # noqa: ANN001
+    """fn over the (3, H, W) CPU images of a batch, in threads when torch may use several (the C code frees the GIL)."""
+    images = batch.detach().to("cpu").contiguous().unbind(0)
+    if _workers(len(images)) <= 1:
+        return [fn(im) for im in images]
+    with ThreadPoolExecutor(max_workers=_workers(len(images))) as pool:
+        return list(pool.map(fn, images))
+
+
+def _map_planes(fn, batch: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+    """fn over the (3, H, W) NumPy images of a CPU uint8 batch, in threads when torch may use several."""
+    chw = batch.detach().contiguous().numpy()  # (B, 3, H, W)
+    out = np.empty_like(chw)
+
+    def one(i: int) -> None:
+        out[i] = fn(chw[i])
+
+    if _workers(len(chw)) <= 1:
+        for i in range(len(chw)):
+            one(i)
+    else:
+        with ThreadPoolExecutor(max_workers=_workers(len(chw))) as pool:
+            list(pool.map(one, range(len(chw))))
+    return torch.from_numpy(out)
+
+
+def jpeg_roundtrip(x_u8: torch.Tensor, quality: int) -> torch.Tensor:
+    """Encode each (3, H, W) uint8 image as a baseline JPEG (libjpeg, 4:2:0) and decode it, on the CPU.
+
+    Byte-identical to PIL's `save(format="JPEG", quality=q)` and `Image.open` (both use libjpeg's standard tables
+    and 4:2:0 chroma subsampling; checked in the tests). GPU batches make the round trip on the CPU too: the GPU
+    encoder (nvJPEG) quantises differently.
+    """
+    if x_u8.shape[0] == 0:
+        return x_u8.clone()
+    with warnings.catch_warnings():
+        # NOTE: torchvision >= 0.29 warns on every call that its JPEG codecs move to TorchCodec; they still make
+        # the bytes we check against PIL, and `_jpeg_one` falls back to PIL once they are gone.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        out = _map_images(lambda im: _jpeg_one(im, quality), x_u8)
+    return torch.stack(out).to(x_u8.device)
+
+
+def jpeg_compression(x_u8: torch.Tensor, severity: int) -> torch.Tensor:
+    """JPEG round trip at quality 25 .. 7."""
+    return jpeg_roundtrip(x_u8, P.JPEG_QUALITY[severity - 1])
+
+
+# --- pixelate ---------------------------------------------------------------------------------------------------
+
+
+def _pixelate_pil(planes: np.ndarray, c: float, up: str) -> np.ndarray:
+    """PIL's two resizes of each (H, W) plane of a (3, H, W) image (per-plane "L" images need no transposes)."""
+    from PIL import Image
+
+    h, w = planes.shape[-2:]
+    out = np.empty_like(planes)
+    for k, plane in enumerate(planes):
+        small = Image.fromarray(plane).resize((int(w * c), int(h * c)), Image.BOX)
+        out[k] = np.asarray(small.resize((w, h), Image.BOX if up == "box" else Image.NEAREST))
+    return out
+
+
+def pixelate(x_u8: torch.Tensor, severity: int, recipe: Recipe) -> torch.Tensor:
+    """PIL box downscale by 0.6 .. 0.25, then back up with box (imagenet-c) or nearest (imagecorruptions).
+
+    On the CPU, PIL itself (per image, threads); elsewhere `pil_resize`, which gives the same bytes.
+    """
+    c = P.PIXELATE[severity - 1]
+    h, w = x_u8.shape[-2:]
+    if x_u8.device.type == "cpu":
+        return _map_planes(lambda im: _pixelate_pil(im, c, recipe.pixelate_up), x_u8)
+    small = pil_resize(x_u8, int(h * c), int(w * c), "box")
+    if recipe.pixelate_up == "box":
+        return pil_resize(small, h, w, "box")
+    return pil_resize_nearest(small, h, w)
+
+
+# --- elastic transform ------------------------------------------------------------------------------------------
+
+
+def _affine_sources(h: int, w: int, shift: float, rng: ImageRNG, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Source coordinates (rows, cols), (B, H, W), of OpenCV's warpAffine for a random 3-point affine map.
+
+    The three points of the reference (the centre +- a third of the side) each move by up to `shift` pixels;
+    warpAffine samples the source at the inverse map of every output pixel, on a 1/32-pixel grid.
+    """
+    centre = np.array([w // 2, h // 2], dtype=np.float32)  # (x, y)
+    third = min(h, w) // 3
+    src = np.array([centre + third, [centre[0] + third, centre[1] - third], centre - third], dtype=np.float32)
+    moves = rng.uniform((3, 2), -shift, shift, device="cpu").numpy()  # (B, 3, 2) float32
+    lhs = np.c_[src.astype(np.float64), np.ones(3)]  # (3, 3)
+    inverses = []
+    for move in moves:
+        forward = np.linalg.solve(lhs, (src + move).astype(np.float64)).T  # (2, 3): dst = A @ [src; 1]
+        inverses.append(np.linalg.inv(np.r_[forward, [[0.0, 0.0, 1.0]]])[:2])
+    inv = torch.from_numpy(np.stack(inverses)).to(device, torch.float32)  # (B, 2, 3)
+    xs = torch.arange(w, device=device, dtype=torch.float32)[None, None, :]
+    ys = torch.arange(h, device=device, dtype=torch.float32)[None, :, None]
+    cols = inv[:, 0, 0, None, None] * xs + inv[:, 0, 1, None, None] * ys + inv[:, 0, 2, None, None]  # (B, H, W)
+    rows = inv[:, 1, 0, None, None] * xs + inv[:, 1, 1, None, None] * ys + inv[:, 1, 2, None, None]
+    return rows.mul_(32).round_().div_(32), cols.mul_(32).round_().div_(32)
+
+
+def elastic_transform(x: torch.Tensor, severity: int, rng: ImageRNG, recipe: Recipe) -> torch.Tensor:
+    """Smooth random displacement field (plus, for imagenet-c, a random affine map), linear interpolation."""
+    b, _, h, w = x.shape
+    ys = torch.arange(h, device=x.device, dtype=torch.float32)[:, None].expand(h, w)
+    xs = torch.arange(w, device=x.device, dtype=torch.float32)[None, :].expand(h, w)
+    if recipe.elastic == "imagenet-c":
+        side = min(h, w) * P.ELASTIC_IMAGENET_C_SIDE
+        alpha, sigma, shift = (k * side for k in P.ELASTIC_IMAGENET_C[severity - 1])
+        rows, cols = _affine_sources(h, w, shift, rng, x.device)
+        x = map_coordinates(x, rows, cols, "mirror")  # OpenCV's default border, BORDER_REFLECT_101
+        low, high, sigmas = -1.0, 1.0, (sigma, sigma)
+    else:
+        alpha = P.ELASTIC_IMAGECORRUPTIONS_ALPHA[severity - 1]
+        low, high, sigmas = -0.005 * h, 0.005 * h, (0.01 * h, 0.01 * w)
+    fields = rng.uniform((2, h, w), low, high)  # (B, 2, H, W): dx then dy
+    fields = gaussian_filter(fields, sigmas, "reflect", truncate=3.0).mul_(alpha)
+    out = map_coordinates(x, ys + fields[:, 1], xs + fields[:, 0], "reflect")
+    return out.clamp_(0, 1).mul_(255)
+

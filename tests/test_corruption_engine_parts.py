@@ -1,0 +1,204 @@
+"""Building blocks of the corruption engine against the libraries the reference recipes call (SciPy, PIL, OpenCV,
+NumPy's view semantics), one by one."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from attnprobe.corruptions import cvops, filters, resample
+from attnprobe.corruptions.blur import disk_kernel, glass_shuffle_index, motion_blur_field
+from attnprobe.corruptions.rng import ImageRNG, image_keys
+
+
+@pytest.mark.parametrize("shape", [(37, 51), (224, 224), (300, 700), (20, 9), (600, 701)])
+def test_gaussian_filter_is_scipys(shape: tuple[int, int]) -> None:
+    from scipy.ndimage import gaussian_filter
+
+    a = np.random.default_rng(0).random(shape)
+    for mode in ("nearest", "reflect", "mirror", "wrap"):
+        for sigma, truncate in ((0.7, 4.0), (3, 4.0), (25.0, 3.0), ((2.0, 7.0), 3.0)):
+            ref = gaussian_filter(a, sigma, mode=mode, truncate=truncate)
+            out = filters.gaussian_filter(torch.from_numpy(a)[None, None], sigma, mode, truncate)[0, 0].numpy()
+            np.testing.assert_allclose(out, ref, atol=1e-9, err_msg=f"{mode} {sigma}")
+
+
+def test_fft_correlation_is_scipys() -> None:
+    from scipy.ndimage import correlate
+
+    x = torch.rand(2, 3, 30, 40, dtype=torch.float64)
+    k = torch.rand(7, 5, dtype=torch.float64)
+    np.testing.assert_allclose(filters.fft_correlate2d(x, k, "mirror")[1, 2].numpy(),
+                               correlate(x[1, 2].numpy(), k.numpy(), mode="mirror"), atol=1e-10)
+    per_image = torch.rand(2, 9, 9, dtype=torch.float64)
+    np.testing.assert_allclose(filters.fft_correlate2d(x, per_image, "nearest")[1, 0].numpy(),
+                               correlate(x[1, 0].numpy(), per_image[1].numpy(), mode="nearest"), atol=1e-10)
+
+
+@pytest.mark.parametrize("size", [(224, 224), (37, 91), (1024, 2048)])
+def test_pil_resizes_are_bit_exact(size: tuple[int, int]) -> None:
+    from PIL import Image
+
+    h, w = size
+    img = np.random.default_rng(1).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    t = torch.from_numpy(img).permute(2, 0, 1)[None]
+    for c in (0.6, 0.25):
+        ow, oh = int(w * c), int(h * c)
+        for name, flt in (("box", Image.BOX), ("bilinear", Image.BILINEAR), ("bicubic", Image.BICUBIC)):
+            ref = np.asarray(Image.fromarray(img).resize((ow, oh), flt))
+            np.testing.assert_array_equal(resample.pil_resize(t, oh, ow, name)[0].permute(1, 2, 0).numpy(), ref)
+        small = np.asarray(Image.fromarray(img).resize((ow, oh), Image.BOX))
+        ts = torch.from_numpy(small.copy()).permute(2, 0, 1)[None]
+        np.testing.assert_array_equal(resample.pil_resize(ts, h, w, "box")[0].permute(1, 2, 0).numpy(),
+                                      np.asarray(Image.fromarray(small).resize((w, h), Image.BOX)))
+        np.testing.assert_array_equal(resample.pil_resize_nearest(ts, h, w)[0].permute(1, 2, 0).numpy(),
+                                      np.asarray(Image.fromarray(small).resize((w, h), Image.NEAREST)))
+
+
+def test_clipped_zoom_is_scipys_zoom() -> None:
+    from scipy.ndimage import zoom
+
+    x = np.random.default_rng(2).random((224, 224, 3)).astype(np.float32)
+    t = torch.from_numpy(x).permute(2, 0, 1)[None]
+    for z in np.arange(1, 1.31, 0.03):
+        crop = int(np.ceil(224 / z))
+        top = (224 - crop) // 2
+        ref = zoom(x[top:top + crop, top:top + crop], (z, z, 1), order=1)[:224, :224]
+        out = resample.zoom_center(t, float(z), center_trim=False)[0].permute(1, 2, 0).numpy()
+        np.testing.assert_allclose(out, ref, atol=1e-4)
+
+
+def test_map_coordinates_is_scipys_far_outside_the_image() -> None:
+    from scipy.ndimage import map_coordinates
+
+    rng = np.random.default_rng(3)
+    img = rng.random((30, 40))
+    rows, cols = rng.uniform(-50, 80, (30, 40)), rng.uniform(-70, 110, (30, 40))
+    for mode in ("reflect", "mirror", "nearest"):
+        ref = map_coordinates(img, [rows.ravel(), cols.ravel()], order=1, mode=mode).reshape(30, 40)
+        out = resample.map_coordinates(torch.from_numpy(img)[None, None], torch.from_numpy(rows)[None],
+                                       torch.from_numpy(cols)[None], mode)[0, 0].numpy()
+        np.testing.assert_allclose(out, ref, atol=1e-9, err_msg=mode)
+
+
+def _liquid(rng: np.random.Generator, h: int, w: int, sigma: float) -> np.ndarray:
+    from skimage.filters import gaussian
+
+    layer = gaussian(rng.normal(0.65, 0.3, (h, w)), sigma=sigma)
+    layer[layer < 0.68] = 0
+    return (layer * 255).astype(np.uint8)
+
+
+def test_opencv_steps_of_spatter_match_opencv() -> None:
+    import cv2
+
+    rng = np.random.default_rng(4)
+    emboss = np.array([[-2, -1, 0], [-1, 1, 1], [0, 1, 2]])
+    for h, w, sigma in ((224, 224, 4), (64, 97, 3), (120, 80, 2)):
+        for level in (_liquid(rng, h, w, sigma), rng.integers(0, 256, (h, w), dtype=np.uint8)):
+            edges = cv2.Canny(level, 50, 150)
+            np.testing.assert_array_equal(cvops.canny(torch.from_numpy(level)[None], 50, 150)[0].numpy(), edges)
+            dist = cv2.threshold(cv2.distanceTransform(255 - edges, cv2.DIST_L2, 5), 20, 20, cv2.THRESH_TRUNC)[1]
+            np.testing.assert_allclose(cvops.distance_l2_mask5(torch.from_numpy(255 - edges)[None], 20)[0].numpy(),
+                                       dist, atol=1e-5)
+            boxed = cv2.blur(dist, (3, 3))
+            np.testing.assert_array_equal(cvops.box3(torch.from_numpy(dist)[None])[0].numpy(), boxed)
+            eq = cv2.equalizeHist(boxed.astype(np.uint8))
+            np.testing.assert_array_equal(cvops.equalize_hist(torch.from_numpy(boxed.astype(np.uint8))[None])[0],
+                                          eq)
+            np.testing.assert_array_equal(cvops.filter3x3_u8(torch.from_numpy(eq)[None], emboss)[0].numpy(),
+                                          cv2.filter2D(eq, cv2.CV_8U, emboss))
+            np.testing.assert_array_equal(cvops.box3(torch.from_numpy(level)[None])[0].numpy(), cv2.blur(level, (3, 3)))
+
+
+def test_equalize_hist_of_a_flat_image() -> None:
+    import cv2
+
+    flat = np.full((40, 50), 7, np.uint8)
+    np.testing.assert_array_equal(cvops.equalize_hist(torch.from_numpy(flat)[None])[0].numpy(),
+                                  cv2.equalizeHist(flat))
+
+
+@pytest.mark.parametrize("h, w, d", [(20, 17, 1), (33, 40, 2), (50, 50, 4), (9, 9, 4), (64, 48, 3)])
+def test_glass_shuffle_index_replays_the_numpy_loop(h: int, w: int, d: int) -> None:
+    rng = np.random.default_rng(5)
+    rh, rw = max(h - 2 * d, 0), max(w - 2 * d, 0)
+    shifts = rng.integers(-d, d, size=(2, 2, rh, rw))
+    index = glass_shuffle_index(h, w, torch.from_numpy(shifts), d).numpy()
+    for b in range(2):
+        x = np.arange(h * w).reshape(h, w, 1)  # NOTE: 3-D, so x[h, w] is a view, as in the reference
+        for hh in range(h - d, d, -1):
+            for ww in range(w - d, d, -1):
+                dx, dy = shifts[b, :, hh - d - 1, ww - d - 1]
+                hp, wp = hh + dy, ww + dx
+                x[hh, ww], x[hp, wp] = x[hp, wp], x[hh, ww]
+        np.testing.assert_array_equal(index[b].reshape(h, w), x[..., 0])
+
+
+def test_defocus_disk_is_the_references() -> None:
+    from imagecorruptions.corruptions import disk
+
+    for radius, alias in ((3, 0.1), (4, 0.5), (6, 0.5), (8, 0.5), (10, 0.5)):
+        np.testing.assert_allclose(disk_kernel(radius, alias), disk(radius=radius, alias_blur=alias), atol=1e-7)
+
+
+def test_motion_blur_is_imagecorruptions_kernel() -> None:
+    from imagecorruptions.corruptions import _motion_blur
+
+    img = np.random.default_rng(6).random((40, 56, 3))
+    t = torch.from_numpy(img).permute(2, 0, 1)[None]
+    for radius, sigma, angle in ((10, 3, 17.3), (15, 8, -44.0), (20, 15, 0.0), (12, 8, -100.0)):
+        ref = _motion_blur(img, radius=radius, sigma=sigma, angle=angle)
+        out = motion_blur_field(t, radius, sigma, [angle])[0].permute(1, 2, 0).numpy()
+        np.testing.assert_allclose(out, ref, atol=1e-9)
+
+
+def test_jpeg_roundtrip_is_pils() -> None:
+    from PIL import Image
+
+    from attnprobe.corruptions import jpeg_roundtrip
+    from attnprobe.corruptions.digital import _jpeg_pil
+
+    rng = np.random.default_rng(7)
+    imgs = rng.integers(0, 256, (2, 3, 64, 80), dtype=np.uint8)
+    imgs[1] = np.clip(imgs[1] // 4 + 90, 0, 255)
+    x = torch.from_numpy(imgs)
+    for q in (25, 7, 85):
+        out = jpeg_roundtrip(x, q)
+        for k in range(2):
+            buf = io.BytesIO()
+            Image.fromarray(imgs[k].transpose(1, 2, 0)).save(buf, format="JPEG", quality=q, optimize=True)
+            ref = np.asarray(Image.open(buf).convert("RGB"))
+            np.testing.assert_array_equal(out[k].permute(1, 2, 0).numpy(), ref)
+            np.testing.assert_array_equal(_jpeg_pil(x[k], q).permute(1, 2, 0).numpy(), ref)
+
+
+def test_poisson_guide_tables_give_exact_inverse_cdf_draws() -> None:
+    from scipy.stats import poisson
+
+    from attnprobe.corruptions.noise import shot_noise
+
+    level = torch.arange(256, dtype=torch.uint8).repeat_interleave(40).reshape(1, 1, 80, 128)
+    x = level.to(torch.float32) / 255
+    for severity, photons in ((1, 60), (5, 3)):
+        rng = ImageRNG([123], "cpu")
+        u = ImageRNG([123], "cpu").uniform((1, 80, 128)).numpy().ravel()
+        out = shot_noise(x.clone(), severity, rng, level).numpy().ravel()
+        rates = level.numpy().ravel() / 255.0 * photons
+        counts = np.minimum(poisson.ppf(u, rates), photons)  # the inverse CDF, exactly
+        expect = np.clip(counts / photons, 0, 1) * 255
+        np.testing.assert_allclose(out, expect, atol=1e-3)
+
+
+def test_image_keys_are_fixed() -> None:
+    # NOTE: known answers: a change here changes every corrupted image (bump ENGINE_VERSION then).
+    x = torch.arange(3 * 32 * 32, dtype=torch.int64).remainder(251).to(torch.uint8).reshape(1, 3, 32, 32)
+    assert image_keys(x.repeat(2, 1, 1, 1), [0, 1]) == [KEY_SEED_0, KEY_SEED_1]
+    assert image_keys(x, 0) == [KEY_CONTENT_0]
+    assert image_keys(x, 0) != image_keys(255 - x, 0)
+
+
+KEY_SEED_0, KEY_SEED_1, KEY_CONTENT_0 = 17356652927100393554, 1949084874342526763, 5307364647238613236
