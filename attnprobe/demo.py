@@ -99,7 +99,7 @@ class DemoConfig:
     clean_images: int | None = None
     corruptions: Sequence[str] | None = None
     keep_maps: int | None = None
-    workers: int = 2
+    workers: int = 0
     threads: int | None = 1
     data_seed: int = 0
     formats: Sequence[str] = ("png",)
@@ -119,7 +119,7 @@ class DemoConfig:
             clean_images=self.clean_images or (50 if quick else 1000),
             corruptions=tuple(self.corruptions or (QUICK_CORRUPTIONS if quick else benchmark_names())),
             keep_maps=self.keep_maps if self.keep_maps is not None else (2 if quick else 3),
-            workers=0 if quick and self.workers == 2 else self.workers, threads=self.threads,
+            workers=self.workers, threads=self.threads,
             data_seed=self.data_seed, formats=tuple(self.formats), fresh=self.fresh, sweep=self.sweep and not quick,
             segmentation=self.segmentation)
 
@@ -168,8 +168,10 @@ def _corrupt_block(args: tuple[np.ndarray, list[str], str, int]) -> np.ndarray:
     from attnprobe.data import corruptions as C
 
     images, ids, corruption, severity = args
-    return np.stack([C.corrupt(img, corruption, severity, seed=C.image_seed(i, corruption, severity))
-                     for img, i in zip(images, ids)])
+    batch = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)  # (N, 3, S, S)
+    # NOTE: one engine call per cell; per-image seeds give each image what `C.corrupt` gives it alone
+    out = C.corrupt_batch(batch, corruption, severity, [C.image_seed(i, corruption, severity) for i in ids])
+    return out.permute(0, 2, 3, 1).contiguous().numpy()  # (N, S, S, 3)
 
 
 class _ArrayCell(Dataset):

@@ -186,7 +186,8 @@ def demo_cli(
                                                "severity cell (default 300; quick 10)."),
     diag_images: Optional[int] = typer.Option(None, "--diag-images", min=1, help="Images for the attention "
                                               "diagnostics (default 64; quick 6)."),
-    workers: int = typer.Option(2, "--workers", min=0, help="Processes that corrupt images (0: none)."),
+    workers: int = typer.Option(0, "--workers", min=0,
+                                help="Processes that corrupt images (0: this one; the batched engine rarely gains)."),
     threads: int = typer.Option(1, "--threads", min=1, help="torch CPU threads (1 is fastest for the tiny models)."),
     segmentation: bool = typer.Option(True, "--segmentation/--no-segmentation", help="Also evaluate the bundled "
                                       "tiny segmentation models (Table 4, Fig. 6)."),

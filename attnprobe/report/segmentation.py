@@ -341,6 +341,10 @@ def segmentation_section(store: ResultsStore, fig_dir: Path, tab_dir: Path, form
     runs = {k: runs[k] for k in order}
     labels = {k: styles.label(k) for k in runs}
     base = _seg_baseline(order, cards, baseline)
+    if base is not None and base != baseline:  # NOTE: the segmentation baseline gets the grey of baselines, comes first
+        styles = ModelStyles(list(runs), cards, base)
+        runs = {k: runs[k] for k in styles.sort(runs)}
+        labels = {k: styles.label(k) for k in runs}
     paper = {k: p for k in runs if (p := seg_paper_numbers(cards.get(k, {})))}
 
     def add(t: T.Table | None, caption: str) -> None:
