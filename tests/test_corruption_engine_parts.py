@@ -202,3 +202,19 @@ def test_image_keys_are_fixed() -> None:
 
 
 KEY_SEED_0, KEY_SEED_1, KEY_CONTENT_0 = 17356652927100393554, 1949084874342526763, 5307364647238613236
+
+
+@pytest.mark.parametrize("h, w, d, passes", [(33, 40, 2, 3), (50, 50, 4, 2), (64, 48, 1, 1)])
+def test_glass_compiled_index_equals_the_torch_chains(h: int, w: int, d: int, passes: int) -> None:
+    from attnprobe.corruptions.jit import glass_index_cpu
+
+    rng = np.random.default_rng(h + d)
+    shifts = rng.integers(0, 2 * d, size=(3, passes, 2, h - 2 * d, w - 2 * d), dtype=np.uint8)
+    compiled = glass_index_cpu(shifts, h, w, d)
+    if compiled is None:
+        pytest.skip("numba is not installed")
+    index = None
+    for k in range(passes):
+        step = glass_shuffle_index(h, w, torch.from_numpy(shifts[:, k]), d, base=d)
+        index = step if index is None else index.gather(1, step)
+    np.testing.assert_array_equal(compiled, index.numpy())

@@ -14,6 +14,7 @@ import torch
 
 from attnprobe.corruptions import params as P
 from attnprobe.corruptions.filters import correlate2d, gaussian_filter, pad2d
+from attnprobe.corruptions.jit import glass_index_cpu
 from attnprobe.corruptions.params import Recipe
 from attnprobe.corruptions.resample import zoom_center
 from attnprobe.corruptions.rng import ImageRNG
@@ -84,8 +85,10 @@ def glass_blur(x: torch.Tensor, severity: int, rng: ImageRNG) -> torch.Tensor:
     x8 = gaussian_filter(x, float(sigma), "nearest").mul_(255).floor_()
     region = (max(h - 2 * d, 0), max(w - 2 * d, 0))
     shifts = rng.integers((passes, 2, *region), 0, 2 * d, dtype=torch.uint8)  # (B, P, 2, h', w'): d + (dx, dy)
-    index = None
-    for k in range(passes):
+    index = glass_index_cpu(shifts.numpy(), h, w, d) if shifts.device.type == "cpu" and min(region) > 0 else None
+    if index is not None:
+        index = torch.from_numpy(index)
+    for k in range(passes if index is None else 0):
         step = glass_shuffle_index(h, w, shifts[:, k], d, base=d)
         # NOTE: a later pass pulls from the image the earlier passes left: compose the maps.
         index = step if index is None else index.gather(1, step)
