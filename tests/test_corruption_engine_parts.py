@@ -160,7 +160,6 @@ def test_jpeg_roundtrip_is_pils() -> None:
     from PIL import Image
 
     from attnprobe.corruptions import jpeg_roundtrip
-    from attnprobe.corruptions.digital import _jpeg_pil
 
     rng = np.random.default_rng(7)
     imgs = rng.integers(0, 256, (2, 3, 64, 80), dtype=np.uint8)
@@ -173,7 +172,6 @@ def test_jpeg_roundtrip_is_pils() -> None:
             Image.fromarray(imgs[k].transpose(1, 2, 0)).save(buf, format="JPEG", quality=q, optimize=True)
             ref = np.asarray(Image.open(buf).convert("RGB"))
             np.testing.assert_array_equal(out[k].permute(1, 2, 0).numpy(), ref)
-            np.testing.assert_array_equal(_jpeg_pil(x[k], q).permute(1, 2, 0).numpy(), ref)
 
 
 def test_poisson_guide_tables_give_exact_inverse_cdf_draws() -> None:
@@ -218,3 +216,18 @@ def test_glass_compiled_index_equals_the_torch_chains(h: int, w: int, d: int, pa
         step = glass_shuffle_index(h, w, torch.from_numpy(shifts[:, k]), d, base=d)
         index = step if index is None else index.gather(1, step)
     np.testing.assert_array_equal(compiled, index.numpy())
+
+
+@pytest.mark.parametrize("small, big", [(134, 224), (112, 224), (89, 224), (56, 224), (45, 224), (307, 512), (16, 40)])
+def test_upscale_copies_one_pixel_as_pil(small: int, big: int) -> None:
+    from PIL import Image
+
+    from attnprobe.corruptions.resample import pil_resize, upscale_sources
+
+    img = np.random.default_rng(small).integers(0, 256, (small, small + 3), dtype=np.uint8)
+    for name, pil_filter in (("box", Image.BOX), ("nearest", Image.NEAREST)):
+        rows, cols = upscale_sources(small, big, name), upscale_sources(small + 3, big + 5, name)
+        ref = np.asarray(Image.fromarray(img).resize((big + 5, big), pil_filter))
+        np.testing.assert_array_equal(img[rows][:, cols], ref)
+    torch_box = pil_resize(torch.from_numpy(img)[None], big, big + 5, "box")[0].numpy()
+    np.testing.assert_array_equal(torch_box, np.asarray(Image.fromarray(img).resize((big + 5, big), Image.BOX)))
