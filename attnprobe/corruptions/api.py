@@ -28,7 +28,7 @@ _NO_CHUNKS = frozenset({"pixelate", "jpeg_compression", "frost", "impulse_noise"
 _Fn = Callable[[torch.Tensor, torch.Tensor, int, ImageRNG, Recipe], torch.Tensor]
 _CORRUPTIONS: dict[str, _Fn] = {
     "gaussian_noise": lambda x, u, s, r, rc: noise.gaussian_noise(x, s, r),
-    "shot_noise": lambda x, u, s, r, rc: noise.shot_noise(x, s, r, u),
+    "shot_noise": lambda x, u, s, r, rc: noise.shot_noise(u, s, r),
     "impulse_noise": lambda x, u, s, r, rc: noise.impulse_noise(u, s, r),
     "defocus_blur": lambda x, u, s, r, rc: blur.defocus_blur(x, s),
     "glass_blur": lambda x, u, s, r, rc: blur.glass_blur(x, s, r),
@@ -48,7 +48,7 @@ _CORRUPTIONS: dict[str, _Fn] = {
     "saturate": lambda x, u, s, r, rc: digital.saturate(u, s),
 }
 # NOTE: these never look at the float copy; skip making it.
-_UINT8_ONLY = frozenset({"impulse_noise", "frost", "pixelate", "jpeg_compression", "brightness", "saturate"})
+_UINT8_ONLY = frozenset({"shot_noise", "impulse_noise", "frost", "pixelate", "jpeg_compression", "brightness", "saturate"})
 
 
 def engine_id(recipe: str = "imagenet-c") -> str:

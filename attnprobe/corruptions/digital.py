@@ -5,6 +5,7 @@ Float inputs are in [0, 1], (B, 3, H, W); outputs are the 0-255 scale before tru
 
 from __future__ import annotations
 
+import itertools
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -130,7 +131,7 @@ def _map_planes(fn, batch: torch.Tensor, out_hw: tuple[int, int] | None = None) 
     else:  # NOTE: one contiguous run of images per thread, few hand-offs
         bounds = np.linspace(0, len(chw), workers + 1).astype(int)
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            list(pool.map(run, [range(a, b) for a, b in zip(bounds[:-1], bounds[1:])]))
+            list(pool.map(run, [range(a, b) for a, b in itertools.pairwise(bounds)]))
     return torch.from_numpy(out)
 
 

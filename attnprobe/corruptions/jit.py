@@ -36,7 +36,7 @@ def _compiled() -> Callable | None:
             fn = numba.njit(cache=cache, nogil=True)(_glass_index_loop)
             fn(np.zeros((1, 1, 2, 1, 1), np.uint8), 3, 3, 1, np.zeros((1, 9), np.int64))
             return fn
-        except Exception:  # noqa: BLE001 - any Numba failure leaves the torch path
+        except Exception:  # noqa: BLE001, S112 - any Numba failure leaves the torch path
             continue
     return None
 
