@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from attnprobe.corruptions import cvops, filters, resample
+from attnprobe.corruptions import corrupt, cvops, filters, resample
 from attnprobe.corruptions.blur import disk_kernel, glass_shuffle_index, motion_blur_field
 from attnprobe.corruptions.rng import ImageRNG, image_keys
 
@@ -230,3 +230,22 @@ def test_upscale_copies_one_pixel_as_pil(small: int, big: int) -> None:
         np.testing.assert_array_equal(img[rows][:, cols], ref)
     torch_box = pil_resize(torch.from_numpy(img)[None], big, big + 5, "box")[0].numpy()
     np.testing.assert_array_equal(torch_box, np.asarray(Image.fromarray(img).resize((big + 5, big), Image.BOX)))
+
+
+@pytest.mark.parametrize("name", ["brightness", "saturate", "shot_noise", "glass_blur"])
+def test_compiled_cpu_loops_equal_the_torch_path(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from attnprobe.corruptions import blur, digital, jit, noise
+
+    if jit._compiled("hsv") is None:
+        pytest.skip("numba is not installed")
+    rng = np.random.default_rng(3)
+    imgs = rng.integers(0, 256, (3, 3, 40, 56), dtype=np.uint8)
+    imgs[1, :, :20] = imgs[1, :1, :20]  # greys: delta 0
+    imgs[2, 1] = imgs[2, 0]  # ties between the maximum channels
+    imgs[2, 2, :10] = imgs[2, 0, :10]
+    x = torch.from_numpy(imgs)
+    compiled = [corrupt(x, name, s, seed=[1, 2, 3]) for s in range(1, 6)]
+    for module, fn in ((digital, "hsv_adjust_cpu"), (noise, "shot_noise_cpu"), (blur, "glass_index_cpu")):
+        monkeypatch.setattr(module, fn, lambda *a, **k: None)
+    for s in range(1, 6):
+        assert torch.equal(corrupt(x, name, s, seed=[1, 2, 3]), compiled[s - 1]), (name, s)

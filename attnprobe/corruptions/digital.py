@@ -14,6 +14,7 @@ import torch
 
 from attnprobe.corruptions import params as P
 from attnprobe.corruptions.filters import gaussian_filter
+from attnprobe.corruptions.jit import hsv_adjust_cpu
 from attnprobe.corruptions.params import Recipe
 from attnprobe.corruptions.resample import map_coordinates, pil_resize, pil_resize_nearest, upscale_sources
 from attnprobe.corruptions.rng import ImageRNG
@@ -67,14 +68,19 @@ def _hsv_to_rgb(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tens
 
 def brightness(x_u8: torch.Tensor, severity: int) -> torch.Tensor:
     """HSV value + c (clipped to 1), c = 0.1 .. 0.5: skimage's rgb2hsv / hsv2rgb round trip in float64."""
+    c = P.BRIGHTNESS[severity - 1]
+    if x_u8.device.type == "cpu" and (out := hsv_adjust_cpu(x_u8.numpy(), 1.0, 0.0, c)) is not None:
+        return torch.from_numpy(out)
     h, s, v = _rgb_to_hsv(x_u8.to(torch.float64) / 255)
-    out = _hsv_to_rgb(h, s, (v + P.BRIGHTNESS[severity - 1]).clamp_(0, 1))
+    out = _hsv_to_rgb(h, s, (v + c).clamp_(0, 1))
     return out.clamp_(0, 1).mul_(255)
 
 
 def saturate(x_u8: torch.Tensor, severity: int) -> torch.Tensor:
     """HSV saturation * a + b (clipped to [0, 1]): skimage's rgb2hsv / hsv2rgb round trip in float64."""
     a, b = P.SATURATE[severity - 1]
+    if x_u8.device.type == "cpu" and (out := hsv_adjust_cpu(x_u8.numpy(), a, b, 0.0)) is not None:
+        return torch.from_numpy(out)
     h, s, v = _rgb_to_hsv(x_u8.to(torch.float64) / 255)
     out = _hsv_to_rgb(h, (s * a + b).clamp_(0, 1), v)
     return out.clamp_(0, 1).mul_(255)

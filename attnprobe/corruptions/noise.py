@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from attnprobe.corruptions import params as P
+from attnprobe.corruptions.jit import shot_noise_cpu
 from attnprobe.corruptions.rng import ImageRNG
 
 __all__ = ["gaussian_noise", "impulse_noise", "shot_noise", "speckle_noise"]
@@ -70,8 +71,13 @@ def _count_levels(photons: int) -> torch.Tensor:
 def shot_noise(x_u8: torch.Tensor, severity: int, rng: ImageRNG) -> torch.Tensor:
     """Poisson(x * photons) / photons, photons 60 .. 3: inverse-CDF draws from guide tables (uint8 out)."""
     photons = P.SHOT_NOISE_PHOTONS[severity - 1]
-    base, threshold, offset = (torch.from_numpy(a).to(x_u8.device) for a in _poisson_guide(photons))
     u = rng.uniform(x_u8.shape[1:]).reshape(-1)  # (B * 3 * H * W,)
+    if x_u8.device.type == "cpu":
+        out = shot_noise_cpu(x_u8.contiguous().numpy().reshape(-1), u.numpy(), _poisson_guide(photons), photons,
+                             _BUCKETS, _count_levels(photons).numpy())
+        if out is not None:
+            return torch.from_numpy(out).reshape(x_u8.shape)
+    base, threshold, offset = (torch.from_numpy(a).to(x_u8.device) for a in _poisson_guide(photons))
     level = x_u8.reshape(-1).to(torch.int32)
     bucket = (u * _BUCKETS).to(torch.int32).add_(level * _BUCKETS)
     counts = base.index_select(0, bucket)
