@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 
 import numpy as np
+import torch
 
-__all__ = ["glass_index_cpu", "hsv_adjust_cpu", "shot_noise_cpu"]
+__all__ = ["available", "glass_index_cpu", "hsv_adjust_cpu", "shot_noise_cpu"]
 
 
 def _glass_index_loop(shifts: np.ndarray, h: int, w: int, d: int, out: np.ndarray) -> None:
@@ -116,24 +119,46 @@ def _compiled(kernel: str) -> Callable | None:
     return None
 
 
+def available() -> bool:
+    """Whether the compiled loops run (Numba installed and working)."""
+    return _compiled("hsv") is not None
+
+
+@lru_cache(maxsize=4)
+def _pool(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="attnprobe-corrupt")
+
+
+def _over_images(n: int, work: Callable[[int, int], None]) -> None:
+    """work(start, stop) over images 0 .. n, split among torch's threads (the loops free the GIL)."""
+    workers = min(n, max(1, torch.get_num_threads()), os.cpu_count() or 1)
+    if workers <= 1:
+        work(0, n)
+        return
+    bounds = np.linspace(0, n, workers + 1).astype(int)
+    list(_pool(workers).map(lambda ab: work(*ab), zip(bounds[:-1], bounds[1:])))  # noqa: RUF007
+
+
 def hsv_adjust_cpu(x_u8: np.ndarray, s_scale: float, s_shift: float, v_shift: float) -> np.ndarray | None:
     """Brightness / saturate of uint8 (B, 3, H, W) (see `_hsv_adjust_loop`), or None without Numba."""
     fn = _compiled("hsv")
     if fn is None:
         return None
+    x_u8 = np.ascontiguousarray(x_u8)
     out = np.empty_like(x_u8)
-    fn(np.ascontiguousarray(x_u8), float(s_scale), float(s_shift), float(v_shift), out)
+    _over_images(len(x_u8), lambda a, b: fn(x_u8[a:b], float(s_scale), float(s_shift), float(v_shift), out[a:b]))
     return out
 
 
 def shot_noise_cpu(level: np.ndarray, u: np.ndarray, tables: tuple[np.ndarray, ...], photons: int, buckets: int,
                    lut: np.ndarray) -> np.ndarray | None:
-    """Shot noise of flat uint8 levels with flat float32 uniforms (see `noise.shot_noise`), or None without Numba."""
+    """Shot noise of uint8 levels (B, N) with float32 uniforms (B, N) (see `noise.shot_noise`), or None without Numba."""
     fn = _compiled("shot")
     if fn is None:
         return None
     out = np.empty_like(level)
-    fn(level, u, *tables, int(photons), int(buckets), lut, out)
+    n = len(level)
+    _over_images(n, lambda a, b: fn(level[a:b].reshape(-1), u[a:b].reshape(-1), *tables, int(photons), int(buckets), lut, out[a:b].reshape(-1)))
     return out
 
 
@@ -148,6 +173,7 @@ def glass_index_cpu(shifts: np.ndarray, h: int, w: int, d: int) -> np.ndarray | 
     fn = _compiled("glass")
     if fn is None:
         return None
+    shifts = np.ascontiguousarray(shifts)
     out = np.empty((shifts.shape[0], h * w), dtype=np.int64)
-    fn(np.ascontiguousarray(shifts), h, w, d, out)
+    _over_images(len(shifts), lambda a, b: fn(shifts[a:b], h, w, d, out[a:b]))
     return out

@@ -73,7 +73,7 @@ def shot_noise(x_u8: torch.Tensor, severity: int, rng: ImageRNG) -> torch.Tensor
     photons = P.SHOT_NOISE_PHOTONS[severity - 1]
     u = rng.uniform(x_u8.shape[1:]).reshape(-1)  # (B * 3 * H * W,)
     if x_u8.device.type == "cpu":
-        out = shot_noise_cpu(x_u8.contiguous().numpy().reshape(-1), u.numpy(), _poisson_guide(photons), photons,
+        out = shot_noise_cpu(x_u8.contiguous().numpy().reshape(len(x_u8), -1), u.numpy().reshape(len(x_u8), -1), _poisson_guide(photons), photons,
                              _BUCKETS, _count_levels(photons).numpy())
         if out is not None:
             return torch.from_numpy(out).reshape(x_u8.shape)
