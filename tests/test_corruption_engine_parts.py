@@ -249,3 +249,13 @@ def test_compiled_cpu_loops_equal_the_torch_path(name: str, monkeypatch: pytest.
         monkeypatch.setattr(module, fn, lambda *a, **k: None)
     for s in range(1, 6):
         assert torch.equal(corrupt(x, name, s, seed=[1, 2, 3]), compiled[s - 1]), (name, s)
+
+
+def test_zoom_center_of_channels_last_images_is_the_same() -> None:
+    from attnprobe.corruptions.params import zoom_factors
+
+    x = torch.rand(2, 3, 61, 90, generator=torch.Generator().manual_seed(0))
+    for z in zoom_factors(5) + [3.0, 4.5]:
+        for trim in (True, False):
+            plain = resample.zoom_center(x, z, trim)
+            assert torch.equal(resample.zoom_center(x.contiguous(memory_format=torch.channels_last), z, trim), plain)

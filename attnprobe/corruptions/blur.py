@@ -192,7 +192,9 @@ def motion_blur(x: torch.Tensor, severity: int, rng: ImageRNG, recipe: Recipe) -
 def zoom_blur(x: torch.Tensor, severity: int, recipe: Recipe) -> torch.Tensor:
     """Mean of the image and its centred zooms by factors 1 .. 1.3."""
     factors = P.zoom_factors(severity)
+    # NOTE: torch's CPU bilinear upsampling is several times faster on channels-last images (same values)
+    x = x.contiguous(memory_format=torch.channels_last)
     acc = x.clone()
     for z in factors:
         acc.add_(zoom_center(x, z, recipe.center_trim))
-    return acc.div_(len(factors) + 1).clamp_(0, 1).mul_(255)
+    return acc.div_(len(factors) + 1).clamp_(0, 1).mul_(255).contiguous()
