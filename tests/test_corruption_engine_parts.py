@@ -259,3 +259,11 @@ def test_zoom_center_of_channels_last_images_is_the_same() -> None:
         for trim in (True, False):
             plain = resample.zoom_center(x, z, trim)
             assert torch.equal(resample.zoom_center(x.contiguous(memory_format=torch.channels_last), z, trim), plain)
+
+
+def test_pad2d_reflect_is_numpys_symmetric() -> None:
+    x = torch.rand(2, 3, 9, 12, dtype=torch.float32, generator=torch.Generator().manual_seed(1))
+    for pads in ((0, 3, 2, 0), (4, 4, 7, 7), (8, 1, 11, 5)):
+        top, bottom, left, right = pads
+        ref = np.pad(x.numpy(), ((0, 0), (0, 0), (top, bottom), (left, right)), mode="symmetric")
+        np.testing.assert_array_equal(filters.pad2d(x, *pads, "reflect").numpy(), ref)

@@ -181,6 +181,10 @@ def pad2d(x: torch.Tensor, top: int, bottom: int, left: int, right: int, mode: s
         flat = x.reshape(-1, 1, h, w) if x.dim() != 4 else x
         out = torch.nn.functional.pad(flat, (left, right, top, bottom), mode=_TORCH_PAD[mode])
         return out.reshape(*x.shape[:-2], h + top + bottom, w + left + right)
+    if mode == "reflect" and fits and x.is_floating_point():
+        # NOTE: half-sample reflection = flipped edge slices; copies beat a gather along the last dimension
+        x = torch.cat([x[..., :top, :].flip(-2), x, x[..., h - bottom:, :].flip(-2)], dim=-2)
+        return torch.cat([x[..., :left].flip(-1), x, x[..., w - right:].flip(-1)], dim=-1)
     if mode == "nearest" and max(top, bottom, left, right) <= 2:
         # NOTE: short replicate pads of integer images (Canny): concatenating edge slices beats a gather
         x = torch.cat([x[..., :1, :]] * top + [x] + [x[..., -1:, :]] * bottom, dim=-2)
