@@ -267,3 +267,29 @@ def test_pad2d_reflect_is_numpys_symmetric() -> None:
         top, bottom, left, right = pads
         ref = np.pad(x.numpy(), ((0, 0), (0, 0), (top, bottom), (left, right)), mode="symmetric")
         np.testing.assert_array_equal(filters.pad2d(x, *pads, "reflect").numpy(), ref)
+
+
+def _corrupt_in_child(x: torch.Tensor, queue) -> None:  # noqa: ANN001
+    queue.put(corrupt(x, "brightness", 3, seed=[1, 2, 3, 4]).numpy())  # NOTE: by value, not shared memory
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_compiled_loops_run_in_a_forked_worker_after_the_parent_used_them() -> None:
+    import multiprocessing
+
+    x = torch.randint(0, 256, (4, 3, 40, 40), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # NOTE: the parent's thread pool exists before the fork
+    child = None
+    try:
+        expected = corrupt(x, "brightness", 3, seed=[1, 2, 3, 4])
+        ctx = multiprocessing.get_context("fork")
+        queue = ctx.Queue()
+        child = ctx.Process(target=_corrupt_in_child, args=(x, queue))
+        child.start()
+        np.testing.assert_array_equal(queue.get(timeout=60), expected.numpy())  # NOTE: a stale pool hangs here
+        child.join(timeout=30)
+    finally:
+        torch.set_num_threads(threads)
+        if child is not None and child.is_alive():
+            child.kill()

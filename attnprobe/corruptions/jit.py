@@ -125,7 +125,8 @@ def available() -> bool:
 
 
 @lru_cache(maxsize=4)
-def _pool(workers: int) -> ThreadPoolExecutor:
+def _pool(workers: int, pid: int) -> ThreadPoolExecutor:
+    """A pool per process: NOTE: a forked loader worker inherits the parent's pool without its threads."""
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="attnprobe-corrupt")
 
 
@@ -136,7 +137,7 @@ def _over_images(n: int, work: Callable[[int, int], None]) -> None:
         work(0, n)
         return
     bounds = np.linspace(0, n, workers + 1).astype(int)
-    list(_pool(workers).map(lambda ab: work(*ab), zip(bounds[:-1], bounds[1:])))  # noqa: RUF007
+    list(_pool(workers, os.getpid()).map(lambda ab: work(*ab), zip(bounds[:-1], bounds[1:])))  # noqa: RUF007
 
 
 def hsv_adjust_cpu(x_u8: np.ndarray, s_scale: float, s_shift: float, v_shift: float) -> np.ndarray | None:
