@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import numpy as np
 import torch
@@ -102,7 +102,7 @@ _KERNELS = {"glass": (_glass_index_loop, (np.zeros((1, 1, 2, 1, 1), np.uint8), 3
                                         np.zeros(1, np.uint8)))}
 
 
-@lru_cache(maxsize=None)
+@cache
 def _compiled(kernel: str) -> Callable | None:
     try:
         import numba
