@@ -109,9 +109,9 @@ def _compiled(kernel: str) -> Callable | None:
     except ImportError:
         return None
     loop, example = _KERNELS[kernel]
-    for cache in (True, False):  # NOTE: no writable cache folder (read-only install): compile in memory
+    for on_disk in (True, False):  # NOTE: no writable cache folder (read-only install): compile in memory
         try:
-            fn = numba.njit(cache=cache, nogil=True)(loop)
+            fn = numba.njit(cache=on_disk, nogil=True)(loop)
             fn(*example)
             return fn
         except Exception:  # noqa: BLE001, S112 - any Numba failure leaves the torch path
