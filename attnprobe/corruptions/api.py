@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from attnprobe.corruptions import blur, digital, noise, spatter, weather
+from attnprobe.corruptions import blur, digital, jit, noise, spatter, weather
 from attnprobe.corruptions.params import RECIPES, Recipe, get_recipe
 from attnprobe.corruptions.rng import ImageRNG, image_keys
 from attnprobe.errors import UserError
@@ -23,12 +23,14 @@ _CPU_CHUNK_PIXELS = 4 * 224 * 224
 _CPU_CHUNK_FACTOR = {"spatter": 8, "glass_blur": 1}
 # NOTE: these work image by image in C code (PIL, libjpeg) or on uint8: chunks only add copies
 _NO_CHUNKS = frozenset({"pixelate", "jpeg_compression", "frost", "impulse_noise"})
+# NOTE: one compiled loop over the whole batch (see `jit`); chunks would only add thread hand-offs
+_COMPILED_WHOLE = frozenset({"brightness", "saturate", "shot_noise"})
 
 # name -> fn(x float [0, 1], x uint8, severity, rng, recipe) -> 0-255 float (truncated by `corrupt`) or uint8
 _Fn = Callable[[torch.Tensor, torch.Tensor, int, ImageRNG, Recipe], torch.Tensor]
 _CORRUPTIONS: dict[str, _Fn] = {
     "gaussian_noise": lambda x, u, s, r, rc: noise.gaussian_noise(x, s, r),
-    "shot_noise": lambda x, u, s, r, rc: noise.shot_noise(x, s, r, u),
+    "shot_noise": lambda x, u, s, r, rc: noise.shot_noise(u, s, r),
     "impulse_noise": lambda x, u, s, r, rc: noise.impulse_noise(u, s, r),
     "defocus_blur": lambda x, u, s, r, rc: blur.defocus_blur(x, s),
     "glass_blur": lambda x, u, s, r, rc: blur.glass_blur(x, s, r),
@@ -48,7 +50,7 @@ _CORRUPTIONS: dict[str, _Fn] = {
     "saturate": lambda x, u, s, r, rc: digital.saturate(u, s),
 }
 # NOTE: these never look at the float copy; skip making it.
-_UINT8_ONLY = frozenset({"impulse_noise", "frost", "pixelate", "jpeg_compression", "brightness", "saturate"})
+_UINT8_ONLY = frozenset({"shot_noise", "impulse_noise", "frost", "pixelate", "jpeg_compression", "brightness", "saturate"})
 
 
 def engine_id(recipe: str = "imagenet-c") -> str:
@@ -114,7 +116,8 @@ def corrupt(images: torch.Tensor, name: str, severity: int, *, seed: int | Seque
         keys = image_keys(batch, seed)
         b, _, h, w = batch.shape
         chunk = b
-        if batch.device.type == "cpu" and name not in _NO_CHUNKS:
+        whole = name in _NO_CHUNKS or (name in _COMPILED_WHOLE and jit.available())
+        if batch.device.type == "cpu" and not whole:
             chunk = max(1, _CPU_CHUNK_FACTOR.get(name, 1) * _CPU_CHUNK_PIXELS // (h * w))
         parts = [_corrupt_chunk(batch[i:i + chunk], name, severity, keys[i:i + chunk], rc)
                  for i in range(0, b, chunk)]

@@ -5,8 +5,8 @@ Float inputs are in [0, 1], (B, 3, H, W); outputs are the 0-255 scale before tru
 
 from __future__ import annotations
 
+import itertools
 import os
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -14,8 +14,9 @@ import torch
 
 from attnprobe.corruptions import params as P
 from attnprobe.corruptions.filters import gaussian_filter
+from attnprobe.corruptions.jit import hsv_adjust_cpu
 from attnprobe.corruptions.params import Recipe
-from attnprobe.corruptions.resample import map_coordinates, pil_resize, pil_resize_nearest
+from attnprobe.corruptions.resample import map_coordinates, pil_resize, pil_resize_nearest, upscale_sources
 from attnprobe.corruptions.rng import ImageRNG
 
 __all__ = ["brightness", "contrast", "elastic_transform", "jpeg_compression", "jpeg_roundtrip", "pixelate",
@@ -67,14 +68,19 @@ def _hsv_to_rgb(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tens
 
 def brightness(x_u8: torch.Tensor, severity: int) -> torch.Tensor:
     """HSV value + c (clipped to 1), c = 0.1 .. 0.5: skimage's rgb2hsv / hsv2rgb round trip in float64."""
+    c = P.BRIGHTNESS[severity - 1]
+    if x_u8.device.type == "cpu" and (out := hsv_adjust_cpu(x_u8.numpy(), 1.0, 0.0, c)) is not None:
+        return torch.from_numpy(out)
     h, s, v = _rgb_to_hsv(x_u8.to(torch.float64) / 255)
-    out = _hsv_to_rgb(h, s, (v + P.BRIGHTNESS[severity - 1]).clamp_(0, 1))
+    out = _hsv_to_rgb(h, s, (v + c).clamp_(0, 1))
     return out.clamp_(0, 1).mul_(255)
 
 
 def saturate(x_u8: torch.Tensor, severity: int) -> torch.Tensor:
     """HSV saturation * a + b (clipped to [0, 1]): skimage's rgb2hsv / hsv2rgb round trip in float64."""
     a, b = P.SATURATE[severity - 1]
+    if x_u8.device.type == "cpu" and (out := hsv_adjust_cpu(x_u8.numpy(), a, b, 0.0)) is not None:
+        return torch.from_numpy(out)
     h, s, v = _rgb_to_hsv(x_u8.to(torch.float64) / 255)
     out = _hsv_to_rgb(h, (s * a + b).clamp_(0, 1), v)
     return out.clamp_(0, 1).mul_(255)
@@ -83,72 +89,67 @@ def saturate(x_u8: torch.Tensor, severity: int) -> torch.Tensor:
 # --- JPEG -------------------------------------------------------------------------------------------------------
 
 
-def _jpeg_one(image: torch.Tensor, quality: int) -> torch.Tensor:
-    """JPEG round trip of one (3, H, W) uint8 CPU image: torchvision's libjpeg bindings, else PIL (same bytes)."""
-    try:
-        from torchvision.io import decode_jpeg, encode_jpeg
-    except ImportError:  # NOTE: torchvision deprecates its JPEG codecs; PIL makes the same bytes, a bit slower
-        return _jpeg_pil(image, quality)
-    return decode_jpeg(encode_jpeg(image, quality=quality))
+def _jpeg_planes(planes: np.ndarray, quality: int, out: np.ndarray) -> None:
+    """JPEG round trip of one (3, H, W) uint8 image with PIL, written into `out` (3, H, W).
 
-
-def _jpeg_pil(image: torch.Tensor, quality: int) -> torch.Tensor:
+    NOTE: PIL merges and splits the planes itself (cheaper than interleaving them in torch or NumPy).
+    """
     import io
 
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(image.permute(1, 2, 0).numpy()).save(buf, format="JPEG", quality=quality)
+    Image.merge("RGB", [Image.fromarray(p) for p in planes]).save(buf, format="JPEG", quality=quality)
     buf.seek(0)
-    with Image.open(buf) as im:
-        return torch.from_numpy(np.asarray(im.convert("RGB")).copy()).permute(2, 0, 1)
+    with Image.open(buf) as decoded:
+        rgb = decoded if decoded.mode == "RGB" else decoded.convert("RGB")
+        for k, band in enumerate(rgb.split()):
+            out[k] = np.asarray(band)
 
 
-def _workers(n: int) -> int:
+# NOTE: PIL frees the GIL while it codes or resizes; threads pay off only when each image is big enough to hide
+# their hand-offs (at 224 px they were slower than one thread, even on a quiet machine).
+_THREAD_MIN_PIXELS = 512 * 512
+
+
+def _workers(n: int, pixels: int) -> int:
+    if pixels < _THREAD_MIN_PIXELS:
+        return 1
     return min(n, max(1, torch.get_num_threads()), os.cpu_count() or 1)
 
 
-def _map_images(fn, batch: torch.Tensor) -> list[torch.Tensor]:  # noqa: ANN001
-    """fn over the (3, H, W) CPU images of a batch, in threads when torch may use several (the C code frees the GIL)."""
-    images = batch.detach().to("cpu").contiguous().unbind(0)
-    if _workers(len(images)) <= 1:
-        return [fn(im) for im in images]
-    with ThreadPoolExecutor(max_workers=_workers(len(images))) as pool:
-        return list(pool.map(fn, images))
+def _map_planes(fn, batch: torch.Tensor, out_hw: tuple[int, int] | None = None) -> torch.Tensor:  # noqa: ANN001
+    """fn(planes, out) over the (3, H, W) NumPy images of a uint8 batch (on the CPU), in threads for big images.
 
+    Returns:
+        the CPU uint8 (B, 3, *out_hw) results (out_hw defaults to H x W).
+    """
+    chw = batch.detach().to("cpu").contiguous().numpy()  # (B, 3, H, W)
+    out = np.empty((*chw.shape[:2], *(out_hw or chw.shape[-2:])), dtype=np.uint8)
+    workers = _workers(len(chw), chw.shape[-2] * chw.shape[-1])
 
-def _map_planes(fn, batch: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
-    """fn over the (3, H, W) NumPy images of a CPU uint8 batch, in threads when torch may use several."""
-    chw = batch.detach().contiguous().numpy()  # (B, 3, H, W)
-    out = np.empty_like(chw)
+    def run(indices: range) -> None:
+        for i in indices:
+            fn(chw[i], out[i])
 
-    def one(i: int) -> None:
-        out[i] = fn(chw[i])
-
-    if _workers(len(chw)) <= 1:
-        for i in range(len(chw)):
-            one(i)
-    else:
-        with ThreadPoolExecutor(max_workers=_workers(len(chw))) as pool:
-            list(pool.map(one, range(len(chw))))
+    if workers <= 1:
+        run(range(len(chw)))
+    else:  # NOTE: one contiguous run of images per thread, few hand-offs
+        bounds = np.linspace(0, len(chw), workers + 1).astype(int)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(run, [range(a, b) for a, b in itertools.pairwise(bounds)]))
     return torch.from_numpy(out)
 
 
 def jpeg_roundtrip(x_u8: torch.Tensor, quality: int) -> torch.Tensor:
     """Encode each (3, H, W) uint8 image as a baseline JPEG (libjpeg, 4:2:0) and decode it, on the CPU.
 
-    Byte-identical to PIL's `save(format="JPEG", quality=q)` and `Image.open` (both use libjpeg's standard tables
-    and 4:2:0 chroma subsampling; checked in the tests). GPU batches make the round trip on the CPU too: the GPU
-    encoder (nvJPEG) quantises differently.
+    PIL's `save(format="JPEG", quality=q)` and `Image.open` (libjpeg's standard tables, 4:2:0 chroma subsampling).
+    GPU batches make the round trip on the CPU too: the GPU encoder (nvJPEG) quantises differently.
     """
     if x_u8.shape[0] == 0:
         return x_u8.clone()
-    with warnings.catch_warnings():
-        # NOTE: torchvision >= 0.29 warns on every call that its JPEG codecs move to TorchCodec; they still make
-        # the bytes we check against PIL, and `_jpeg_one` falls back to PIL once they are gone.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        out = _map_images(lambda im: _jpeg_one(im, quality), x_u8)
-    return torch.stack(out).to(x_u8.device)
+    return _map_planes(lambda planes, out: _jpeg_planes(planes, quality, out), x_u8).to(x_u8.device)
 
 
 def jpeg_compression(x_u8: torch.Tensor, severity: int) -> torch.Tensor:
@@ -159,28 +160,30 @@ def jpeg_compression(x_u8: torch.Tensor, severity: int) -> torch.Tensor:
 # --- pixelate ---------------------------------------------------------------------------------------------------
 
 
-def _pixelate_pil(planes: np.ndarray, c: float, up: str) -> np.ndarray:
-    """PIL's two resizes of each (H, W) plane of a (3, H, W) image (per-plane "L" images need no transposes)."""
+def _pixelate_pil(planes: np.ndarray, size: tuple[int, int], rows: np.ndarray, cols: np.ndarray,
+                  out: np.ndarray) -> None:
+    """PIL's box downscale of a (3, H, W) image to `size` (w, h), then the upscale's gather, into `out` (3, H, W)."""
     from PIL import Image
 
-    h, w = planes.shape[-2:]
-    out = np.empty_like(planes)
-    for k, plane in enumerate(planes):
-        small = Image.fromarray(plane).resize((int(w * c), int(h * c)), Image.BOX)
-        out[k] = np.asarray(small.resize((w, h), Image.BOX if up == "box" else Image.NEAREST))
-    return out
+    small = Image.merge("RGB", [Image.fromarray(p) for p in planes]).resize(size, Image.BOX)
+    for k, band in enumerate(small.split()):
+        np.take(np.take(np.asarray(band), rows, axis=0), cols, axis=1, out=out[k])
 
 
 def pixelate(x_u8: torch.Tensor, severity: int, recipe: Recipe) -> torch.Tensor:
     """PIL box downscale by 0.6 .. 0.25, then back up with box (imagenet-c) or nearest (imagecorruptions).
 
-    On the CPU, PIL itself (per image, threads); elsewhere `pil_resize`, which gives the same bytes.
+    Upscaling copies one source pixel per output pixel in both recipes (`upscale_sources`). On the CPU the
+    downscale is PIL itself and the upscale a NumPy gather (per image, threads for big images); elsewhere
+    `pil_resize` (the same bytes).
     """
     c = P.PIXELATE[severity - 1]
     h, w = x_u8.shape[-2:]
+    sh, sw = int(h * c), int(w * c)
     if x_u8.device.type == "cpu":
-        return _map_planes(lambda im: _pixelate_pil(im, c, recipe.pixelate_up), x_u8)
-    small = pil_resize(x_u8, int(h * c), int(w * c), "box")
+        rows, cols = upscale_sources(sh, h, recipe.pixelate_up), upscale_sources(sw, w, recipe.pixelate_up)
+        return _map_planes(lambda planes, out: _pixelate_pil(planes, (sw, sh), rows, cols, out), x_u8)
+    small = pil_resize(x_u8, sh, sw, "box")
     if recipe.pixelate_up == "box":
         return pil_resize(small, h, w, "box")
     return pil_resize_nearest(small, h, w)

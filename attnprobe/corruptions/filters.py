@@ -181,6 +181,10 @@ def pad2d(x: torch.Tensor, top: int, bottom: int, left: int, right: int, mode: s
         flat = x.reshape(-1, 1, h, w) if x.dim() != 4 else x
         out = torch.nn.functional.pad(flat, (left, right, top, bottom), mode=_TORCH_PAD[mode])
         return out.reshape(*x.shape[:-2], h + top + bottom, w + left + right)
+    if mode == "reflect" and fits and x.is_floating_point():
+        # NOTE: half-sample reflection = flipped edge slices; copies beat a gather along the last dimension
+        x = torch.cat([x[..., :top, :].flip(-2), x, x[..., h - bottom:, :].flip(-2)], dim=-2)
+        return torch.cat([x[..., :left].flip(-1), x, x[..., w - right:].flip(-1)], dim=-1)
     if mode == "nearest" and max(top, bottom, left, right) <= 2:
         # NOTE: short replicate pads of integer images (Canny): concatenating edge slices beats a gather
         x = torch.cat([x[..., :1, :]] * top + [x] + [x[..., -1:, :]] * bottom, dim=-2)
@@ -241,8 +245,19 @@ def fft_correlate2d(x: torch.Tensor, kernel: torch.Tensor, mode: str) -> torch.T
     xp = pad2d(x, rh, rh, rw, rw, mode)  # (B, C, H + kh - 1, W + kw - 1)
     fh, fw = next_fast_len(h + kh - 1), next_fast_len(w + kw - 1)
     xf = torch.fft.rfft2(xp, s=(fh, fw))  # (B, C, fh, fw // 2 + 1)
-    kf = torch.fft.rfft2(kernel.to(x.dtype), s=(fh, fw))
     if kernel.dim() == 3:
-        kf = kf[:, None]  # (B, 1, fh, fw // 2 + 1)
-    out = torch.fft.irfft2(xf * kf.conj(), s=(fh, fw))
+        kf = torch.fft.rfft2(kernel.to(x.dtype), s=(fh, fw)).conj().resolve_conj()[:, None]  # (B, 1, fh, fw//2+1)
+    elif kernel.device.type == "cpu" and x.device.type == "cpu":
+        kf = _kernel_spectrum(kernel.numpy().tobytes(), tuple(kernel.shape), kernel.dtype, x.dtype, fh, fw)
+    else:
+        kf = torch.fft.rfft2(kernel.to(device=x.device, dtype=x.dtype), s=(fh, fw)).conj().resolve_conj()
+    out = torch.fft.irfft2(xf.mul_(kf), s=(fh, fw))
     return out[..., :h, :w]
+
+
+@lru_cache(maxsize=8)
+def _kernel_spectrum(data: bytes, shape: tuple[int, ...], kernel_dtype: torch.dtype, dtype: torch.dtype, fh: int,
+                     fw: int) -> torch.Tensor:
+    """The conjugated spectrum of a CPU kernel (the same for every batch of a size: computed once)."""
+    kernel = torch.frombuffer(bytearray(data), dtype=kernel_dtype).reshape(shape)
+    return torch.fft.rfft2(kernel.to(dtype), s=(fh, fw)).conj().resolve_conj()

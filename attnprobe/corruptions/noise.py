@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from attnprobe.corruptions import params as P
+from attnprobe.corruptions.jit import shot_noise_cpu
 from attnprobe.corruptions.rng import ImageRNG
 
 __all__ = ["gaussian_noise", "impulse_noise", "shot_noise", "speckle_noise"]
@@ -60,11 +61,23 @@ def _poisson_guide(photons: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return base.reshape(-1).astype(np.int32), threshold.reshape(-1).astype(np.float32), offset.reshape(-1)
 
 
-def shot_noise(x: torch.Tensor, severity: int, rng: ImageRNG, x_u8: torch.Tensor) -> torch.Tensor:
-    """Poisson(x * photons) / photons, photons 60 .. 3: inverse-CDF draws from guide tables."""
+@lru_cache(maxsize=8)
+def _count_levels(photons: int) -> torch.Tensor:
+    """uint8 output of each photon count 0 .. photons: the float32 steps of the 0-255 path, then truncation."""
+    counts = torch.arange(photons + 1, dtype=torch.int32)
+    return counts.to(torch.float32).div_(float(photons)).clamp_(0, 1).mul_(255).to(torch.uint8)
+
+
+def shot_noise(x_u8: torch.Tensor, severity: int, rng: ImageRNG) -> torch.Tensor:
+    """Poisson(x * photons) / photons, photons 60 .. 3: inverse-CDF draws from guide tables (uint8 out)."""
     photons = P.SHOT_NOISE_PHOTONS[severity - 1]
-    base, threshold, offset = (torch.from_numpy(a).to(x.device) for a in _poisson_guide(photons))
-    u = rng.uniform(x.shape[1:]).reshape(-1)  # (B * 3 * H * W,)
+    u = rng.uniform(x_u8.shape[1:]).reshape(-1)  # (B * 3 * H * W,)
+    if x_u8.device.type == "cpu":
+        out = shot_noise_cpu(x_u8.contiguous().numpy().reshape(len(x_u8), -1), u.numpy().reshape(len(x_u8), -1), _poisson_guide(photons), photons,
+                             _BUCKETS, _count_levels(photons).numpy())
+        if out is not None:
+            return torch.from_numpy(out).reshape(x_u8.shape)
+    base, threshold, offset = (torch.from_numpy(a).to(x_u8.device) for a in _poisson_guide(photons))
     level = x_u8.reshape(-1).to(torch.int32)
     bucket = (u * _BUCKETS).to(torch.int32).add_(level * _BUCKETS)
     counts = base.index_select(0, bucket)
@@ -74,7 +87,9 @@ def shot_noise(x: torch.Tensor, severity: int, rng: ImageRNG, x_u8: torch.Tensor
         lv = level[hard].to(torch.int64)
         pos = torch.searchsorted(offset, u[hard].to(torch.float64) + 2.0 * lv.to(torch.float64), right=True)
         counts[hard] = (pos - lv * photons).to(torch.int32)
-    return counts.to(torch.float32).div_(float(photons)).clamp_(0, 1).mul_(255).reshape(x.shape)
+    # NOTE: counts above `photons` clip to 255 as in the float path
+    lut = _count_levels(photons).to(x_u8.device)
+    return lut.index_select(0, counts.clamp_(max=photons)).reshape(x_u8.shape)
 
 
 def impulse_noise(x_u8: torch.Tensor, severity: int, rng: ImageRNG) -> torch.Tensor:

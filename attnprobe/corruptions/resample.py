@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["map_coordinates", "pil_resize", "pil_resize_nearest", "zoom_center"]
+__all__ = ["map_coordinates", "pil_resize", "pil_resize_nearest", "upscale_sources", "zoom_center"]
 
 _PRECISION_BITS = 22  # PIL: 32 - 8 - 2
 
@@ -68,8 +68,34 @@ def _pil_taps(in_size: int, out_size: int, filter_name: str) -> tuple[np.ndarray
     return idx, weights
 
 
+@lru_cache(maxsize=64)
+def _single_taps(in_size: int, out_size: int, filter_name: str) -> np.ndarray | None:
+    """The source index of each output when every output copies one input (weight exactly 1.0), else None.
+
+    Then PIL's fixed-point sum (v * 2**22 + 2**21) >> 22 is v: the pass is a plain gather (box upscaling).
+    """
+    idx, w = _pil_taps(in_size, out_size, filter_name)
+    nonzero = w != 0
+    if not (nonzero.sum(1) == 1).all() or not (w[nonzero] == 1 << _PRECISION_BITS).all():
+        return None
+    return np.ascontiguousarray(idx[nonzero])
+
+
+def upscale_sources(in_size: int, out_size: int, filter_name: str) -> np.ndarray:
+    """The source index of each output of an upscaling PIL resize that copies pixels ("box" or "nearest")."""
+    if filter_name == "nearest":
+        return _nearest_index(in_size, out_size)
+    single = _single_taps(in_size, out_size, filter_name)
+    if single is None:
+        raise ValueError(f"a {filter_name} resize from {in_size} to {out_size} pixels mixes pixels")
+    return single
+
+
 def _resample_axis(x: torch.Tensor, dim: int, out_size: int, filter_name: str) -> torch.Tensor:
     """One PIL pass on uint8 along dim (-1 or -2): fixed-point sum, round, clip to 0..255, uint8."""
+    single = _single_taps(x.shape[dim], out_size, filter_name)
+    if single is not None and x.dtype == torch.uint8:
+        return x.index_select(dim, torch.from_numpy(single).to(x.device))
     idx, w = _pil_taps(x.shape[dim], out_size, filter_name)
     acc = None
     for t in range(idx.shape[1]):

@@ -151,9 +151,9 @@ def plasma_fractal(size: int, decay: float, rng: ImageRNG, device: torch.device)
         step //= 2
         wibble /= decay
     flat = grid.reshape(b, -1)
-    low = flat.min(1).values[:, None, None]
+    low = flat.amin(1)[:, None, None]  # NOTE: amin/amax skip max's index search
     grid = grid - low
-    return grid / grid.reshape(b, -1).max(1).values[:, None, None]
+    return grid / grid.reshape(b, -1).amax(1)[:, None, None]
 
 
 def fog(x: torch.Tensor, severity: int, rng: ImageRNG) -> torch.Tensor:
@@ -161,6 +161,6 @@ def fog(x: torch.Tensor, severity: int, rng: ImageRNG) -> torch.Tensor:
     weight, decay = P.FOG[severity - 1]
     b, _, h, w = x.shape
     size = 1 << max(1, (max(h, w) - 1).bit_length())
-    peak = x.reshape(b, -1).max(1).values[:, None, None, None]
+    peak = x.reshape(b, -1).amax(1)[:, None, None, None]
     plasma = plasma_fractal(size, float(decay), rng, x.device)[:, None, :h, :w]
     return x.add_(plasma, alpha=weight).mul_(peak / (peak + weight)).clamp_(0, 1).mul_(255)
