@@ -74,7 +74,7 @@ def test_index_html_links_and_captions(report) -> None:
 
 def test_stability_table_has_paired_intervals(report) -> None:
     md = (report.out_dir / "tables" / "attention_stability.md").read_text()
-    rows = [l for l in md.splitlines() if l.startswith("| fan_b_tapadl |")]
+    rows = [line for line in md.splitlines() if line.startswith("| fan_b_tapadl |")]
     assert len(rows) == 1
     cells = [c.strip() for c in rows[0].strip("|").split("|")]
     assert re.fullmatch(r"0\.\d\d ± 0\.\d\d", cells[1]) and cells[2].startswith("+")

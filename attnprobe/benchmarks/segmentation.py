@@ -65,6 +65,7 @@ class SegInputs:
     base_seed: int = 0
     samples: Any = None  # Cityscapes val samples (clean set, on the fly)
     tree: Any = None  # a checked Cityscapes-C tree
+    data_label: str | None = None  # how tables name `data` (default: its absolute path)
 
     @property
     def task(self) -> str:
@@ -86,7 +87,7 @@ class SegInputs:
     @property
     def source(self) -> str:
         """Where the images come from, in words (every table says it)."""
-        root = str(self.data.expanduser().resolve())
+        root = self.data_label or str(self.data.expanduser().resolve())
         if self.set == "cityscapes":
             return f"Cityscapes val at {root}"
         if self.set == "cityscapes-c":
@@ -119,8 +120,8 @@ def check_segmentation_inputs(set_name: str, data: str | Path | None, *, on_the_
         split: ACDC split, "val" (scored) or "test" (predictions for the server).
         gt_root: a Cityscapes root holding `gtFine/val` when the Cityscapes-C tree has no labels.
         backend: on-the-fly corruption backend: "torch" (the engine; None: the default) or "reference" (the
-            imagecorruptions package), or a picklable function `(bgr, corruption, severity, seed) -> bgr`; its name (for the named
-            ones: backend, recipe and engine version) is recorded in the store key.
+            imagecorruptions package), or a picklable function `(bgr, corruption, severity, seed) -> bgr`; its
+            name (for the named ones: backend, recipe and engine version) is recorded in the store key.
         recipe: the named backend's recipe (default "imagecorruptions", the released Cityscapes-C's).
         base_seed: changes every on-the-fly draw at once.
 

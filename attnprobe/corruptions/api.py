@@ -50,7 +50,8 @@ _CORRUPTIONS: dict[str, _Fn] = {
     "saturate": lambda x, u, s, r, rc: digital.saturate(u, s),
 }
 # NOTE: these never look at the float copy; skip making it.
-_UINT8_ONLY = frozenset({"shot_noise", "impulse_noise", "frost", "pixelate", "jpeg_compression", "brightness", "saturate"})
+_UINT8_ONLY = frozenset({"shot_noise", "impulse_noise", "frost", "pixelate", "jpeg_compression", "brightness",
+                         "saturate"})
 
 
 def engine_id(recipe: str = "imagenet-c") -> str:

@@ -96,7 +96,8 @@ def _shot_noise_loop(level: np.ndarray, u: np.ndarray, base: np.ndarray, thresho
 
 
 _KERNELS = {"glass": (_glass_index_loop, (np.zeros((1, 1, 2, 1, 1), np.uint8), 3, 3, 1, np.zeros((1, 9), np.int64))),
-            "hsv": (_hsv_adjust_loop, (np.zeros((1, 3, 1, 1), np.uint8), 1.0, 0.0, 0.0, np.zeros((1, 3, 1, 1), np.uint8))),
+            "hsv": (_hsv_adjust_loop,
+                    (np.zeros((1, 3, 1, 1), np.uint8), 1.0, 0.0, 0.0, np.zeros((1, 3, 1, 1), np.uint8))),
             "shot": (_shot_noise_loop, (np.zeros(1, np.uint8), np.zeros(1, np.float32), np.zeros(256, np.int32),
                                         np.ones(256, np.float32), np.arange(3.0), 1, 1, np.zeros(2, np.uint8),
                                         np.zeros(1, np.uint8)))}
@@ -153,13 +154,14 @@ def hsv_adjust_cpu(x_u8: np.ndarray, s_scale: float, s_shift: float, v_shift: fl
 
 def shot_noise_cpu(level: np.ndarray, u: np.ndarray, tables: tuple[np.ndarray, ...], photons: int, buckets: int,
                    lut: np.ndarray) -> np.ndarray | None:
-    """Shot noise of uint8 levels (B, N) with float32 uniforms (B, N) (see `noise.shot_noise`), or None without Numba."""
+    """Shot noise of uint8 levels (B, N) with float32 uniforms (B, N) (`noise.shot_noise`); None without Numba."""
     fn = _compiled("shot")
     if fn is None:
         return None
     out = np.empty_like(level)
     n = len(level)
-    _over_images(n, lambda a, b: fn(level[a:b].reshape(-1), u[a:b].reshape(-1), *tables, int(photons), int(buckets), lut, out[a:b].reshape(-1)))
+    _over_images(n, lambda a, b: fn(level[a:b].reshape(-1), u[a:b].reshape(-1), *tables, int(photons), int(buckets),
+                                    lut, out[a:b].reshape(-1)))
     return out
 
 

@@ -73,8 +73,9 @@ def shot_noise(x_u8: torch.Tensor, severity: int, rng: ImageRNG) -> torch.Tensor
     photons = P.SHOT_NOISE_PHOTONS[severity - 1]
     u = rng.uniform(x_u8.shape[1:]).reshape(-1)  # (B * 3 * H * W,)
     if x_u8.device.type == "cpu":
-        out = shot_noise_cpu(x_u8.contiguous().numpy().reshape(len(x_u8), -1), u.numpy().reshape(len(x_u8), -1), _poisson_guide(photons), photons,
-                             _BUCKETS, _count_levels(photons).numpy())
+        b = len(x_u8)
+        out = shot_noise_cpu(x_u8.contiguous().numpy().reshape(b, -1), u.numpy().reshape(b, -1),
+                             _poisson_guide(photons), photons, _BUCKETS, _count_levels(photons).numpy())
         if out is not None:
             return torch.from_numpy(out).reshape(x_u8.shape)
     base, threshold, offset = (torch.from_numpy(a).to(x_u8.device) for a in _poisson_guide(photons))

@@ -72,6 +72,6 @@ from attnprobe.diagnostics.results import DiagnosticsResult
 
 __all__ = [
     "ARTIFACT_KIND", "CLEAN", "Condition", "CorruptionSource", "DEFAULT_BATCH_SIZE", "DEFAULT_KEEP_MAPS",
-    "DiagnosticsResult", "HEADS_METRIC", "ModelEntry", "STABILITY_METRIC", "attention_maps", "corrupted_conditions", "heads", "load_maps",
-    "overfocus", "stability",
+    "DiagnosticsResult", "HEADS_METRIC", "ModelEntry", "STABILITY_METRIC", "attention_maps", "corrupted_conditions",
+    "heads", "load_maps", "overfocus", "stability",
 ]

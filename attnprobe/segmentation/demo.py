@@ -77,6 +77,8 @@ def run_segmentation_demo(store: Any, store_dir: Path, quick: bool = False, say:
     sets = [check_segmentation_inputs("cityscapes", cs),
             check_segmentation_inputs("cityscapes-c", cs, on_the_fly=True, corruptions=corruptions),
             check_segmentation_inputs("acdc", acdc)]
+    for inputs in sets:  # NOTE: the committed report names the synthetic trees, not this machine's paths
+        inputs.data_label = f"the demo's synthetic {inputs.data.name} (results/seg_data)"
     out: dict[str, Any] = {}
     for mi, name in enumerate(SEG_DEMO_MODELS):
         loaded = load_model(name)
