@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -87,3 +88,15 @@ def save_tiny_checkpoint(path: Path, seed: int = 0) -> Path:
             model.head.bias[order.index(w)] += 50.0
     torch.save(model.state_dict(), path)
     return path
+
+
+def committed_chunks(out: Path) -> int:
+    """Chunks committed to the store in `out` so far (0 before it exists), read without locking out the writer."""
+    db = out / "results.sqlite"
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+            return int(con.execute("SELECT COUNT(*) FROM chunks").fetchone()[0])
+    except sqlite3.OperationalError:  # NOTE: the store may not have its tables yet
+        return 0

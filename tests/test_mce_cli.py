@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from tests.imagenet_c_fixtures import (make_class_tree, make_imagenet_c_tree, make_models_dir,
+from tests.imagenet_c_fixtures import (committed_chunks, make_class_tree, make_imagenet_c_tree, make_models_dir,
                                  save_tiny_checkpoint)
 
 from attnprobe import robustness as R
@@ -162,17 +161,6 @@ main()
 """
 
 
-def _chunks_in(out: Path) -> int:
-    db = out / "results.sqlite"
-    if not db.exists():
-        return 0
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
-            return int(con.execute("SELECT COUNT(*) FROM chunks").fetchone()[0])
-    except sqlite3.OperationalError:
-        return 0
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
 def test_killed_run_resumes_to_the_same_numbers(env: dict[str, Path], sig: int) -> None:
@@ -183,12 +171,12 @@ def test_killed_run_resumes_to_the_same_numbers(env: dict[str, Path], sig: int) 
     proc = subprocess.Popen([sys.executable, "-c", SLOW_MAIN, *common, "--out", str(killed)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ})
     deadline = time.time() + 120
-    while _chunks_in(killed) < 3 and proc.poll() is None and time.time() < deadline:
+    while committed_chunks(killed) < 3 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     assert proc.poll() is None, "the run finished before it could be killed"
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
-    at_kill = _chunks_in(killed)
+    at_kill = committed_chunks(killed)
     assert 3 <= at_kill < 12
     if sig == signal.SIGINT:
         assert proc.returncode == 130 and b"rerun the same command to resume" in err
@@ -201,7 +189,7 @@ def test_killed_run_resumes_to_the_same_numbers(env: dict[str, Path], sig: int) 
     strip = [{k: v for k, v in c.items() if k != "cached"} for c in resumed["cells"]]
     assert strip == [{k: v for k, v in c.items() if k != "cached"} for c in straight["cells"]]
     assert [c["n"] for c in resumed["cells"]] == [6, 6, 6, 6]
-    assert _chunks_in(killed) == 12  # every chunk exactly once
+    assert committed_chunks(killed) == 12  # every chunk exactly once
 
 
 def test_two_models_in_one_run_and_ckpt_pairing(env: dict[str, Path]) -> None:

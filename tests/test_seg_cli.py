@@ -24,7 +24,7 @@ from attnprobe.cli import app
 from attnprobe.data.cityscapes import CityscapesDataset
 from attnprobe.data.synthetic_seg import DEMO_PIPELINE, write_acdc_tree, write_cityscapes_tree
 from attnprobe.segmentation import mean_iou
-from tests.imagenet_c_fixtures import TINY_CARD
+from tests.imagenet_c_fixtures import TINY_CARD, committed_chunks
 from tests.seg_fixtures import TinySeg, direct_predictions, register_tiny_seg, write_card
 
 runner = CliRunner()
@@ -246,17 +246,6 @@ main()
 """
 
 
-def _chunks_in(out: Path) -> int:
-    db = out / "results.sqlite"
-    if not db.exists():
-        return 0
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
-            return int(con.execute("SELECT COUNT(*) FROM chunks").fetchone()[0])
-    except sqlite3.OperationalError:
-        return 0
-
-
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_numbers(trees: dict[str, Path], env: dict[str, Path]) -> None:
     script = env["root"] / "main.py"
@@ -269,12 +258,12 @@ def test_killed_run_resumes_to_the_same_numbers(trees: dict[str, Path], env: dic
                             stderr=subprocess.PIPE,
                             env={**os.environ, "ATTNPROBE_MODELS_DIR": os.environ["ATTNPROBE_MODELS_DIR"]})
     deadline = time.time() + 120
-    while _chunks_in(killed) < 3 and proc.poll() is None and time.time() < deadline:
+    while committed_chunks(killed) < 3 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     assert proc.poll() is None, proc.communicate()[1][-2000:]
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
-    assert 3 <= _chunks_in(killed) < 12
+    assert 3 <= committed_chunks(killed) < 12
     code, stdout, err = run(*common, "--out", str(killed))
     assert code == 0, err
     resumed = json.loads(stdout)["results"][0]
@@ -282,7 +271,7 @@ def test_killed_run_resumes_to_the_same_numbers(trees: dict[str, Path], env: dic
     straight = json.loads(stdout)["results"][0]
     strip = [{k: v for k, v in c.items() if k != "cached"} for c in resumed["cells"]]
     assert strip == [{k: v for k, v in c.items() if k != "cached"} for c in straight["cells"]]
-    assert [c["n"] for c in resumed["cells"]] == [6, 6, 6, 6] and _chunks_in(killed) == 12
+    assert [c["n"] for c in resumed["cells"]] == [6, 6, 6, 6] and committed_chunks(killed) == 12
 
 
 @pytest.mark.slow
