@@ -9,6 +9,7 @@ import torch
 from attnprobe.corruptions import blur, digital, jit, noise, spatter, weather
 from attnprobe.corruptions.params import RECIPES, Recipe, get_recipe
 from attnprobe.corruptions.rng import ImageRNG, image_keys
+from attnprobe.corruptions.threads import map_chunks
 from attnprobe.errors import UserError
 
 __all__ = ["ENGINE_VERSION", "RECIPES", "corrupt", "engine_id"]
@@ -22,26 +23,26 @@ MIN_SIDE = 32
 _CPU_CHUNK_PIXELS = 4 * 224 * 224
 _CPU_CHUNK_FACTOR = {"spatter": 8, "glass_blur": 1}
 # NOTE: these work image by image in C code (PIL, libjpeg) or on uint8: chunks only add copies
-_NO_CHUNKS = frozenset({"pixelate", "jpeg_compression", "frost", "impulse_noise"})
+_NO_CHUNKS = frozenset({"pixelate", "jpeg_compression", "frost"})
 # NOTE: one compiled loop over the whole batch (see `jit`); chunks would only add thread hand-offs
 _COMPILED_WHOLE = frozenset({"brightness", "saturate", "shot_noise"})
 
 # name -> fn(x float [0, 1], x uint8, severity, rng, recipe) -> 0-255 float (truncated by `corrupt`) or uint8
 _Fn = Callable[[torch.Tensor, torch.Tensor, int, ImageRNG, Recipe], torch.Tensor]
 _CORRUPTIONS: dict[str, _Fn] = {
-    "gaussian_noise": lambda x, u, s, r, rc: noise.gaussian_noise(x, s, r),
+    "gaussian_noise": lambda x, u, s, r, rc: noise.gaussian_noise(u, s, r),
     "shot_noise": lambda x, u, s, r, rc: noise.shot_noise(u, s, r),
     "impulse_noise": lambda x, u, s, r, rc: noise.impulse_noise(u, s, r),
     "defocus_blur": lambda x, u, s, r, rc: blur.defocus_blur(x, s),
     "glass_blur": lambda x, u, s, r, rc: blur.glass_blur(x, s, r),
     "motion_blur": lambda x, u, s, r, rc: blur.motion_blur(x, s, r, rc),
-    "zoom_blur": lambda x, u, s, r, rc: blur.zoom_blur(x, s, rc),
+    "zoom_blur": lambda x, u, s, r, rc: blur.zoom_blur(u, s, rc),
     "snow": lambda x, u, s, r, rc: weather.snow(x, s, r, rc),
     "frost": lambda x, u, s, r, rc: weather.frost(u, s, r, rc),
-    "fog": lambda x, u, s, r, rc: weather.fog(x, s, r),
+    "fog": lambda x, u, s, r, rc: weather.fog(u, s, r),
     "brightness": lambda x, u, s, r, rc: digital.brightness(u, s),
     "contrast": lambda x, u, s, r, rc: digital.contrast(x, s),
-    "elastic_transform": lambda x, u, s, r, rc: digital.elastic_transform(x, s, r, rc),
+    "elastic_transform": lambda x, u, s, r, rc: digital.elastic_transform(u, s, r, rc),
     "pixelate": lambda x, u, s, r, rc: digital.pixelate(u, s, rc),
     "jpeg_compression": lambda x, u, s, r, rc: digital.jpeg_compression(u, s),
     "speckle_noise": lambda x, u, s, r, rc: noise.speckle_noise(x, s, r),
@@ -50,7 +51,7 @@ _CORRUPTIONS: dict[str, _Fn] = {
     "saturate": lambda x, u, s, r, rc: digital.saturate(u, s),
 }
 # NOTE: these never look at the float copy; skip making it.
-_UINT8_ONLY = frozenset({"shot_noise", "impulse_noise", "frost", "pixelate", "jpeg_compression", "brightness",
+_UINT8_ONLY = frozenset({"fog", "elastic_transform", "gaussian_noise", "zoom_blur", "shot_noise", "impulse_noise", "frost", "pixelate", "jpeg_compression", "brightness",
                          "saturate"})
 
 
@@ -120,8 +121,8 @@ def corrupt(images: torch.Tensor, name: str, severity: int, *, seed: int | Seque
         whole = name in _NO_CHUNKS or (name in _COMPILED_WHOLE and jit.available())
         if batch.device.type == "cpu" and not whole:
             chunk = max(1, _CPU_CHUNK_FACTOR.get(name, 1) * _CPU_CHUNK_PIXELS // (h * w))
-        parts = [_corrupt_chunk(batch[i:i + chunk], name, severity, keys[i:i + chunk], rc)
-                 for i in range(0, b, chunk)]
+        parts = map_chunks(lambda i: _corrupt_chunk(batch[i:i + chunk], name, severity, keys[i:i + chunk], rc),
+                           range(0, b, chunk), batch.device)
         out = parts[0] if len(parts) == 1 else torch.cat(parts)
     return out[0] if single else out
 

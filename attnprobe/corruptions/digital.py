@@ -14,7 +14,7 @@ import torch
 
 from attnprobe.corruptions import params as P
 from attnprobe.corruptions.filters import gaussian_filter
-from attnprobe.corruptions.jit import hsv_adjust_cpu
+from attnprobe.corruptions.jit import elastic_cpu, hsv_adjust_cpu
 from attnprobe.corruptions.params import Recipe
 from attnprobe.corruptions.resample import map_coordinates, pil_resize, pil_resize_nearest, upscale_sources
 from attnprobe.corruptions.rng import ImageRNG
@@ -192,12 +192,10 @@ def pixelate(x_u8: torch.Tensor, severity: int, recipe: Recipe) -> torch.Tensor:
 # --- elastic transform ------------------------------------------------------------------------------------------
 
 
-def _affine_sources(h: int, w: int, shift: float, rng: ImageRNG, device: torch.device) -> tuple[torch.Tensor, ...]:
-    """Source coordinates (rows, cols), (B, H, W), of OpenCV's warpAffine for a random 3-point affine map.
-
-    The three points of the reference (the centre +- a third of the side) each move by up to `shift` pixels;
-    warpAffine samples the source at the inverse map of every output pixel, on a 1/32-pixel grid.
-    """
+def _affine_inverses(h: int, w: int, shift: float, rng: ImageRNG) -> np.ndarray:
+    """(B, 2, 3) float32: the inverse of each image's random 3-point affine map (OpenCV's warpAffine samples the
+    source at inverse @ (x, y, 1)). The three points of the reference (the centre +- a third of the side) each
+    move by up to `shift` pixels."""
     centre = np.array([w // 2, h // 2], dtype=np.float32)  # (x, y)
     third = min(h, w) // 3
     src = np.array([centre + third, [centre[0] + third, centre[1] - third], centre - third], dtype=np.float32)
@@ -207,7 +205,12 @@ def _affine_sources(h: int, w: int, shift: float, rng: ImageRNG, device: torch.d
     for move in moves:
         forward = np.linalg.solve(lhs, (src + move).astype(np.float64)).T  # (2, 3): dst = A @ [src; 1]
         inverses.append(np.linalg.inv(np.r_[forward, [[0.0, 0.0, 1.0]]])[:2])
-    inv = torch.from_numpy(np.stack(inverses)).to(device, torch.float32)  # (B, 2, 3)
+    return np.stack(inverses).astype(np.float32)
+
+
+def _affine_sources(inverses: np.ndarray, h: int, w: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Source coordinates (rows, cols), (B, H, W), of the affine maps, on warpAffine's 1/32-pixel grid."""
+    inv = torch.from_numpy(inverses).to(device)  # (B, 2, 3)
     xs = torch.arange(w, device=device, dtype=torch.float32)[None, None, :]
     ys = torch.arange(h, device=device, dtype=torch.float32)[None, :, None]
     cols = inv[:, 0, 0, None, None] * xs + inv[:, 0, 1, None, None] * ys + inv[:, 0, 2, None, None]  # (B, H, W)
@@ -215,22 +218,26 @@ def _affine_sources(h: int, w: int, shift: float, rng: ImageRNG, device: torch.d
     return rows.mul_(32).round_().div_(32), cols.mul_(32).round_().div_(32)
 
 
-def elastic_transform(x: torch.Tensor, severity: int, rng: ImageRNG, recipe: Recipe) -> torch.Tensor:
+def elastic_transform(x_u8: torch.Tensor, severity: int, rng: ImageRNG, recipe: Recipe) -> torch.Tensor:
     """Smooth random displacement field (plus, for imagenet-c, a random affine map), linear interpolation."""
-    b, _, h, w = x.shape
-    ys = torch.arange(h, device=x.device, dtype=torch.float32)[:, None].expand(h, w)
-    xs = torch.arange(w, device=x.device, dtype=torch.float32)[None, :].expand(h, w)
+    b, _, h, w = x_u8.shape
+    inverses = None
     if recipe.elastic == "imagenet-c":
         side = min(h, w) * P.ELASTIC_IMAGENET_C_SIDE
         alpha, sigma, shift = (k * side for k in P.ELASTIC_IMAGENET_C[severity - 1])
-        rows, cols = _affine_sources(h, w, shift, rng, x.device)
-        x = map_coordinates(x, rows, cols, "mirror")  # OpenCV's default border, BORDER_REFLECT_101
+        inverses = _affine_inverses(h, w, shift, rng)
         low, high, sigmas = -1.0, 1.0, (sigma, sigma)
     else:
         alpha = P.ELASTIC_IMAGECORRUPTIONS_ALPHA[severity - 1]
         low, high, sigmas = -0.005 * h, 0.005 * h, (0.01 * h, 0.01 * w)
     fields = rng.uniform((2, h, w), low, high)  # (B, 2, H, W): dx then dy
     fields = gaussian_filter(fields, sigmas, "reflect", truncate=3.0).mul_(alpha)
+    if x_u8.device.type == "cpu" and (out := elastic_cpu(x_u8.numpy(), inverses, fields.numpy())) is not None:
+        return torch.from_numpy(out)
+    x = x_u8.to(torch.float32).div_(255)
+    if inverses is not None:
+        x = map_coordinates(x, *_affine_sources(inverses, h, w, x.device), "mirror")  # OpenCV's BORDER_REFLECT_101
+    ys = torch.arange(h, device=x.device, dtype=torch.float32)[:, None].expand(h, w)
+    xs = torch.arange(w, device=x.device, dtype=torch.float32)[None, :].expand(h, w)
     out = map_coordinates(x, ys + fields[:, 1], xs + fields[:, 0], "reflect")
     return out.clamp_(0, 1).mul_(255)
-

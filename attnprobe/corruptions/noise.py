@@ -12,16 +12,18 @@ import numpy as np
 import torch
 
 from attnprobe.corruptions import params as P
-from attnprobe.corruptions.jit import shot_noise_cpu
+from attnprobe.corruptions.jit import add_noise_cpu, impulse_noise_cpu, shot_noise_cpu
 from attnprobe.corruptions.rng import ImageRNG
 
 __all__ = ["gaussian_noise", "impulse_noise", "shot_noise", "speckle_noise"]
 
 
-def gaussian_noise(x: torch.Tensor, severity: int, rng: ImageRNG) -> torch.Tensor:
+def gaussian_noise(x_u8: torch.Tensor, severity: int, rng: ImageRNG) -> torch.Tensor:
     """x + N(0, std), std 0.08 .. 0.38 of the range."""
-    noise = rng.normal(x.shape[1:], std=P.GAUSSIAN_NOISE_STD[severity - 1])
-    return x.add_(noise).clamp_(0, 1).mul_(255)
+    noise = rng.normal(x_u8.shape[1:], std=P.GAUSSIAN_NOISE_STD[severity - 1])
+    if x_u8.device.type == "cpu" and (out := add_noise_cpu(x_u8.numpy(), noise.numpy())) is not None:
+        return torch.from_numpy(out)
+    return x_u8.to(torch.float32).div_(255).add_(noise).clamp_(0, 1).mul_(255)
 
 
 def speckle_noise(x: torch.Tensor, severity: int, rng: ImageRNG) -> torch.Tensor:
@@ -101,6 +103,8 @@ def impulse_noise(x_u8: torch.Tensor, severity: int, rng: ImageRNG) -> torch.Ten
     """
     amount = P.IMPULSE_NOISE_AMOUNT[severity - 1]
     u = rng.uniform(x_u8.shape[1:])
+    if x_u8.device.type == "cpu" and (out := impulse_noise_cpu(x_u8.numpy(), u.numpy(), amount)) is not None:
+        return torch.from_numpy(out)
     out = x_u8.clone()
     out[u < amount] = 255
     out[u < amount / 2] = 0

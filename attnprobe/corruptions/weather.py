@@ -13,6 +13,7 @@ import torch
 
 from attnprobe.corruptions import params as P
 from attnprobe.corruptions.blur import motion_blur_field
+from attnprobe.corruptions.jit import fog_cpu
 from attnprobe.corruptions.params import Recipe
 from attnprobe.corruptions.resample import zoom_center
 from attnprobe.corruptions.rng import ImageRNG
@@ -116,17 +117,21 @@ def frost(x_u8: torch.Tensor, severity: int, rng: ImageRNG, recipe: Recipe) -> t
 # --- fog --------------------------------------------------------------------------------------------------------
 
 
-def plasma_fractal(size: int, decay: float, rng: ImageRNG, device: torch.device) -> torch.Tensor:
+def plasma_draws(size: int, rng: ImageRNG) -> torch.Tensor:
+    """The uniform noise in [-1, 1) of a plasma fractal (B, n): every fill of every level, in the order used."""
+    levels = int(math.log2(size))
+    counts = [(size // (size >> k)) ** 2 for k in range(levels)]  # points per fill at each level
+    return rng.uniform((3 * sum(counts),), -1.0, 1.0)
+
+
+def plasma_fractal(size: int, decay: float, draws: torch.Tensor) -> torch.Tensor:
     """Diamond-square height map (B, size, size) in [0, 1], as the reference's `plasma_fractal` (size a power of 2).
 
     Each level sets the centres of the squares, then of the diamonds, to the mean of their 4 neighbours (wrapping
     around) plus uniform noise of +-wibble^2, starting at wibble = 100 and dividing it by `decay` per level.
     """
-    levels = int(math.log2(size))
-    counts = [(size // (size >> k)) ** 2 for k in range(levels)]  # points per fill at each level
-    draws = rng.uniform((3 * sum(counts),), -1.0, 1.0)  # (B, total)
-    b = draws.shape[0]
-    grid = torch.zeros((b, size, size), dtype=torch.float32, device=device)
+    b = draws.shape[0]  # (B, total): `plasma_draws`
+    grid = torch.zeros((b, size, size), dtype=torch.float32, device=draws.device)
     step, wibble, used = size, 100.0, 0
 
     def noisy_mean(total: torch.Tensor) -> torch.Tensor:
@@ -156,11 +161,15 @@ def plasma_fractal(size: int, decay: float, rng: ImageRNG, device: torch.device)
     return grid / grid.reshape(b, -1).amax(1)[:, None, None]
 
 
-def fog(x: torch.Tensor, severity: int, rng: ImageRNG) -> torch.Tensor:
+def fog(x_u8: torch.Tensor, severity: int, rng: ImageRNG) -> torch.Tensor:
     """Add weight * plasma fractal, then rescale so the image's old maximum maps to max / (max + weight)."""
     weight, decay = P.FOG[severity - 1]
-    b, _, h, w = x.shape
+    b, _, h, w = x_u8.shape
     size = 1 << max(1, (max(h, w) - 1).bit_length())
+    draws = plasma_draws(size, rng)
+    if x_u8.device.type == "cpu" and (out := fog_cpu(x_u8.numpy(), draws.numpy(), size, decay, weight)) is not None:
+        return torch.from_numpy(out)
+    x = x_u8.to(torch.float32).div_(255)
     peak = x.reshape(b, -1).amax(1)[:, None, None, None]
-    plasma = plasma_fractal(size, float(decay), rng, x.device)[:, None, :h, :w]
+    plasma = plasma_fractal(size, float(decay), draws)[:, None, :h, :w]
     return x.add_(plasma, alpha=weight).mul_(peak / (peak + weight)).clamp_(0, 1).mul_(255)
