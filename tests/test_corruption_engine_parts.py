@@ -203,7 +203,7 @@ KEY_SEED_0, KEY_SEED_1, KEY_CONTENT_0 = 17356652927100393554, 194908487434252676
 
 @pytest.mark.parametrize("h, w, d, passes", [(33, 40, 2, 3), (50, 50, 4, 2), (64, 48, 1, 1)])
 def test_glass_compiled_index_equals_the_torch_chains(h: int, w: int, d: int, passes: int) -> None:
-    from attnprobe.corruptions.jit import glass_index_cpu
+    from attnprobe.corruptions.loops_blur import glass_index_cpu
 
     rng = np.random.default_rng(h + d)
     shifts = rng.integers(0, 2 * d, size=(3, passes, 2, h - 2 * d, w - 2 * d), dtype=np.uint8)
@@ -236,7 +236,7 @@ def test_upscale_copies_one_pixel_as_pil(small: int, big: int) -> None:
 def test_compiled_cpu_loops_equal_the_torch_path(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from attnprobe.corruptions import blur, digital, jit, noise
 
-    if jit._compiled("hsv") is None:
+    if not jit.available():
         pytest.skip("numba is not installed")
     rng = np.random.default_rng(3)
     imgs = rng.integers(0, 256, (3, 3, 40, 56), dtype=np.uint8)

@@ -51,8 +51,8 @@ _CORRUPTIONS: dict[str, _Fn] = {
     "saturate": lambda x, u, s, r, rc: digital.saturate(u, s),
 }
 # NOTE: these never look at the float copy; skip making it.
-_UINT8_ONLY = frozenset({"fog", "elastic_transform", "gaussian_noise", "zoom_blur", "shot_noise", "impulse_noise", "frost", "pixelate", "jpeg_compression", "brightness",
-                         "saturate"})
+_UINT8_ONLY = frozenset({"brightness", "elastic_transform", "fog", "frost", "gaussian_noise", "impulse_noise",
+                         "jpeg_compression", "pixelate", "saturate", "shot_noise", "zoom_blur"})
 
 
 def engine_id(recipe: str = "imagenet-c") -> str:

@@ -14,7 +14,7 @@ import torch
 
 from attnprobe.corruptions import params as P
 from attnprobe.corruptions.filters import correlate2d, gaussian_filter, pad2d
-from attnprobe.corruptions.jit import glass_index_cpu, zoom_blur_cpu
+from attnprobe.corruptions.loops_blur import glass_index_cpu, zoom_blur_cpu
 from attnprobe.corruptions.params import Recipe
 from attnprobe.corruptions.resample import zoom_center
 from attnprobe.corruptions.rng import ImageRNG
@@ -211,7 +211,7 @@ def _zoom_axis(size: int, factor: float, center_trim: bool) -> tuple[np.ndarray,
 
 @lru_cache(maxsize=32)
 def _zoom_tables(h: int, w: int, severity: int, center_trim: bool) -> tuple[np.ndarray, ...]:
-    """Row and column tables of zoom blur's zooms other than 1 (`jit.zoom_blur_cpu`), and how many copies of the
+    """Row and column tables of zoom blur's zooms other than 1 (`loops_blur.zoom_blur_cpu`), and how many copies of the
     image itself the mean holds (the image, plus the zoom by 1.0)."""
     factors = [z for z in P.zoom_factors(severity) if z != 1.0]
     rows = [_zoom_axis(h, z, center_trim) for z in factors]

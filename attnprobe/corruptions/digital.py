@@ -14,7 +14,8 @@ import torch
 
 from attnprobe.corruptions import params as P
 from attnprobe.corruptions.filters import gaussian_filter
-from attnprobe.corruptions.jit import elastic_cpu, hsv_adjust_cpu
+from attnprobe.corruptions.loops_pixel import hsv_adjust_cpu
+from attnprobe.corruptions.loops_warp import elastic_cpu
 from attnprobe.corruptions.params import Recipe
 from attnprobe.corruptions.resample import map_coordinates, pil_resize, pil_resize_nearest, upscale_sources
 from attnprobe.corruptions.rng import ImageRNG

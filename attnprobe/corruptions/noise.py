@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from attnprobe.corruptions import params as P
-from attnprobe.corruptions.jit import add_noise_cpu, impulse_noise_cpu, shot_noise_cpu
+from attnprobe.corruptions.loops_pixel import add_noise_cpu, impulse_noise_cpu, shot_noise_cpu
 from attnprobe.corruptions.rng import ImageRNG
 
 __all__ = ["gaussian_noise", "impulse_noise", "shot_noise", "speckle_noise"]

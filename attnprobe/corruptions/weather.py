@@ -13,7 +13,7 @@ import torch
 
 from attnprobe.corruptions import params as P
 from attnprobe.corruptions.blur import motion_blur_field
-from attnprobe.corruptions.jit import fog_cpu
+from attnprobe.corruptions.loops_weather import fog_cpu
 from attnprobe.corruptions.params import Recipe
 from attnprobe.corruptions.resample import zoom_center
 from attnprobe.corruptions.rng import ImageRNG

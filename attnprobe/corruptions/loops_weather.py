@@ -1,0 +1,74 @@
+"""Compiled weather loops: fog's plasma fractal and blend."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from attnprobe.corruptions.jit import compiled, kernel, over_images
+
+__all__ = ["fog_cpu"]
+
+
+@kernel(np.full((1, 3, 2, 2), 9, np.uint8), np.array([[0.5, -0.5, 0.25]], np.float32), 2, 2.0, 1.5,
+        np.zeros((1, 3, 2, 2), np.uint8))
+def _fog_loop(x: np.ndarray, draws: np.ndarray, size: int, decay: float, weight: float, out: np.ndarray) -> None:
+    """Fog of uint8 (B, C, H, W): each image's diamond-square plasma (`weather.plasma_fractal`, the same float32
+    steps and draw order) scaled to [0, 1], cropped top-left, then (x + weight * plasma) * max / (max + weight)."""
+    grid = np.empty((size, size), dtype=np.float32)
+    quarter = np.float32(4.0)
+    for b in range(x.shape[0]):
+        grid[:, :] = 0.0
+        noise = draws[b]
+        used = 0
+        step = size
+        wibble = 100.0
+        while step >= 2:
+            half = step // 2
+            n = size // step
+            amp = np.float32(wibble * wibble)
+            for i in range(n):  # squares: the mean of the 4 corners
+                for j in range(n):
+                    i1, j1 = (i + 1) % n, (j + 1) % n
+                    total = (grid[i * step, j * step] + grid[i1 * step, j * step]) + (
+                        grid[i * step, j1 * step] + grid[i1 * step, j1 * step])
+                    grid[i * step + half, j * step + half] = total / quarter + amp * noise[used + i * n + j]
+            used += n * n
+            for i in range(n):  # diamonds between horizontal neighbours
+                up = ((i - 1) % n) * step + half
+                for j in range(n):
+                    total = ((grid[i * step + half, j * step + half] + grid[up, j * step + half])
+                             + grid[i * step, j * step]) + grid[i * step, ((j + 1) % n) * step]
+                    grid[i * step, j * step + half] = total / quarter + amp * noise[used + i * n + j]
+            used += n * n
+            for i in range(n):  # diamonds between vertical neighbours
+                for j in range(n):
+                    left = ((j - 1) % n) * step + half
+                    total = ((grid[i * step + half, j * step + half] + grid[i * step + half, left])
+                             + grid[i * step, j * step]) + grid[((i + 1) % n) * step, j * step]
+                    grid[i * step + half, j * step] = total / quarter + amp * noise[used + i * n + j]
+            used += n * n
+            step //= 2
+            wibble /= decay
+        low = grid.min()
+        high = grid.max() - low
+        peak = np.float32(x[b].max()) / np.float32(255.0)
+        w32 = np.float32(weight)
+        gain = peak / (peak + w32)
+        for c in range(x.shape[1]):
+            for y in range(x.shape[2]):
+                for i in range(x.shape[3]):
+                    plasma = (grid[y, i] - low) / high
+                    v = (np.float32(x[b, c, y, i]) / np.float32(255.0) + w32 * plasma) * gain
+                    out[b, c, y, i] = np.uint8(min(max(v, np.float32(0.0)), np.float32(1.0)) * np.float32(255.0))
+
+
+def fog_cpu(x_u8: np.ndarray, draws: np.ndarray, size: int, decay: float, weight: float) -> np.ndarray | None:
+    """Fog of uint8 (B, C, H, W) from each image's plasma draws (B, n) float32 (`_fog_loop`); None without Numba."""
+    fn = compiled(_fog_loop)
+    if fn is None:
+        return None
+    x_u8 = np.ascontiguousarray(x_u8)
+    draws = np.ascontiguousarray(draws)
+    out = np.empty_like(x_u8)
+    over_images(len(x_u8), lambda a, b: fn(x_u8[a:b], draws[a:b], int(size), float(decay), float(weight), out[a:b]))
+    return out
