@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from attnprobe.corruptions import blur, digital, jit, noise, spatter, weather
+from attnprobe.corruptions import blur, digital, noise, spatter, weather
 from attnprobe.corruptions.params import RECIPES, Recipe, get_recipe
 from attnprobe.corruptions.rng import ImageRNG, image_keys
 from attnprobe.corruptions.threads import map_chunks
@@ -19,13 +19,12 @@ __all__ = ["ENGINE_VERSION", "RECIPES", "corrupt", "engine_id"]
 ENGINE_VERSION = 1
 MIN_SIDE = 32
 # NOTE: on the CPU, elementwise chains are memory-bound: a few images at a time stay in cache (2x faster for the
-# float64 colour conversions). Spatter's row sweeps pay per call instead, so it takes more images at once.
+# float64 colour conversions), and the chunks run side by side (`threads.map_chunks`). Spatter's row sweeps pay per
+# call instead, so it takes more images at once.
 _CPU_CHUNK_PIXELS = 4 * 224 * 224
-_CPU_CHUNK_FACTOR = {"spatter": 8, "glass_blur": 1}
-# NOTE: these work image by image in C code (PIL, libjpeg) or on uint8: chunks only add copies
-_NO_CHUNKS = frozenset({"pixelate", "jpeg_compression", "frost"})
-# NOTE: one compiled loop over the whole batch (see `jit`); chunks would only add thread hand-offs
-_COMPILED_WHOLE = frozenset({"brightness", "saturate", "shot_noise"})
+_CPU_CHUNK_FACTOR = {"spatter": 8}
+# NOTE: frost is one multiply-add of the whole batch and a crop per image: torch's threads beat chunks there
+_NO_CHUNKS = frozenset({"frost"})
 
 # name -> fn(x float [0, 1], x uint8, severity, rng, recipe) -> 0-255 float (truncated by `corrupt`) or uint8
 _Fn = Callable[[torch.Tensor, torch.Tensor, int, ImageRNG, Recipe], torch.Tensor]
@@ -34,10 +33,10 @@ _CORRUPTIONS: dict[str, _Fn] = {
     "shot_noise": lambda x, u, s, r, rc: noise.shot_noise(u, s, r),
     "impulse_noise": lambda x, u, s, r, rc: noise.impulse_noise(u, s, r),
     "defocus_blur": lambda x, u, s, r, rc: blur.defocus_blur(x, s),
-    "glass_blur": lambda x, u, s, r, rc: blur.glass_blur(x, s, r),
+    "glass_blur": lambda x, u, s, r, rc: blur.glass_blur(u, s, r),
     "motion_blur": lambda x, u, s, r, rc: blur.motion_blur(x, s, r, rc),
     "zoom_blur": lambda x, u, s, r, rc: blur.zoom_blur(u, s, rc),
-    "snow": lambda x, u, s, r, rc: weather.snow(x, s, r, rc),
+    "snow": lambda x, u, s, r, rc: weather.snow(u, s, r, rc),
     "frost": lambda x, u, s, r, rc: weather.frost(u, s, r, rc),
     "fog": lambda x, u, s, r, rc: weather.fog(u, s, r),
     "brightness": lambda x, u, s, r, rc: digital.brightness(u, s),
@@ -51,8 +50,9 @@ _CORRUPTIONS: dict[str, _Fn] = {
     "saturate": lambda x, u, s, r, rc: digital.saturate(u, s),
 }
 # NOTE: these never look at the float copy; skip making it.
-_UINT8_ONLY = frozenset({"brightness", "elastic_transform", "fog", "frost", "gaussian_noise", "impulse_noise",
-                         "jpeg_compression", "pixelate", "saturate", "shot_noise", "zoom_blur"})
+_UINT8_ONLY = frozenset({"brightness", "elastic_transform", "fog", "frost", "gaussian_noise", "glass_blur",
+                         "impulse_noise", "jpeg_compression", "pixelate", "saturate", "shot_noise", "snow",
+                         "zoom_blur"})
 
 
 def engine_id(recipe: str = "imagenet-c") -> str:
@@ -118,8 +118,7 @@ def corrupt(images: torch.Tensor, name: str, severity: int, *, seed: int | Seque
         keys = image_keys(batch, seed)
         b, _, h, w = batch.shape
         chunk = b
-        whole = name in _NO_CHUNKS or (name in _COMPILED_WHOLE and jit.available())
-        if batch.device.type == "cpu" and not whole:
+        if batch.device.type == "cpu" and name not in _NO_CHUNKS:
             chunk = max(1, _CPU_CHUNK_FACTOR.get(name, 1) * _CPU_CHUNK_PIXELS // (h * w))
         parts = map_chunks(lambda i: _corrupt_chunk(batch[i:i + chunk], name, severity, keys[i:i + chunk], rc),
                            range(0, b, chunk), batch.device)

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from attnprobe.corruptions import params as P
-from attnprobe.corruptions.filters import correlate2d, gaussian_filter, pad2d
-from attnprobe.corruptions.loops_blur import glass_index_cpu, zoom_blur_cpu
+from attnprobe.corruptions.filters import correlate2d, gaussian_filter, gaussian_kernel1d, pad2d
+from attnprobe.corruptions.loops_blur import glass_blur_cpu, motion_cpu, zoom_blur_cpu
 from attnprobe.corruptions.params import Recipe
 from attnprobe.corruptions.resample import zoom_center
 from attnprobe.corruptions.rng import ImageRNG
@@ -78,17 +78,19 @@ def glass_shuffle_index(h: int, w: int, shifts: torch.Tensor, max_shift: int, ba
     return flat_ptr.reshape(b, n) - torch.arange(b, device=device)[:, None] * n
 
 
-def glass_blur(x: torch.Tensor, severity: int, rng: ImageRNG) -> torch.Tensor:
+def glass_blur(x_u8: torch.Tensor, severity: int, rng: ImageRNG) -> torch.Tensor:
     """Gaussian blur, 8-bit truncation, local pixel pulls (1-3 passes), Gaussian blur again."""
     sigma, d, passes = P.GLASS_BLUR[severity - 1]
-    b, c, h, w = x.shape
-    x8 = gaussian_filter(x, float(sigma), "nearest").mul_(255).floor_()
+    b, c, h, w = x_u8.shape
     region = (max(h - 2 * d, 0), max(w - 2 * d, 0))
-    shifts = rng.integers((passes, 2, *region), 0, 2 * d, dtype=torch.uint8)  # (B, P, 2, h', w'): d + (dx, dy)
-    index = glass_index_cpu(shifts.numpy(), h, w, d) if shifts.device.type == "cpu" and min(region) > 0 else None
-    if index is not None:
-        index = torch.from_numpy(index)
-    for k in range(passes if index is None else 0):
+    shifts = rng.small_integers((passes, 2, *region), 2 * d)  # (B, P, 2, h', w') uint8: d + (dx, dy)
+    if x_u8.device.type == "cpu":
+        out = glass_blur_cpu(x_u8.numpy(), gaussian_kernel1d(float(sigma)), shifts.numpy(), d)
+        if out is not None:
+            return torch.from_numpy(out)
+    x8 = gaussian_filter(x_u8.to(torch.float32).div_(255), float(sigma), "nearest").mul_(255).floor_()
+    index = None
+    for k in range(passes):
         step = glass_shuffle_index(h, w, shifts[:, k], d, base=d)
         # NOTE: a later pass pulls from the image the earlier passes left: compose the maps.
         index = step if index is None else index.gather(1, step)
@@ -164,6 +166,10 @@ def motion_taps(radius: int, sigma: float, angle: float, h: int, w: int) -> list
 def motion_blur_field(x: torch.Tensor, radius: int, sigma: float, angles: list[float]) -> torch.Tensor:
     """Motion-blur (B, C, H, W) with one angle per image: a weighted sum of shifted copies, border pixels repeated."""
     b, c, h, w = x.shape
+    if x.device.type == "cpu":
+        out = motion_cpu(x.numpy(), [motion_taps(radius, sigma, angle, h, w) for angle in angles])
+        if out is not None:
+            return torch.from_numpy(out)
     reach = 2 * radius + 1
     padded = pad2d(x, reach, reach, reach, reach, "nearest")
     out = torch.empty_like(x)

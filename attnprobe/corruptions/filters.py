@@ -20,31 +20,14 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from attnprobe.corruptions.borders import boundary_indices
+from attnprobe.corruptions.loops_blur import separable_cpu
+
 __all__ = ["boundary_indices", "correlate1d", "correlate2d", "fft_correlate2d", "gaussian_filter", "gaussian_kernel1d",
            "next_fast_len", "pad2d"]
 
 _DENSE_MAX = 320  # axes up to this length use a dense (n, n) matrix
 _BLOCK = 64  # output rows per block of the block-Toeplitz product
-
-
-def boundary_indices(n: int, before: int, after: int, mode: str) -> np.ndarray:
-    """Source index of every position of an axis of length n padded by `before` and `after` (int64)."""
-    i = np.arange(-before, n + after, dtype=np.int64)
-    if mode == "nearest":
-        return np.clip(i, 0, n - 1)
-    if mode == "reflect":
-        period = 2 * n
-        m = np.mod(i, period)
-        return np.where(m >= n, period - 1 - m, m)
-    if mode == "mirror":
-        if n == 1:
-            return np.zeros_like(i)
-        period = 2 * n - 2
-        m = np.mod(i, period)
-        return np.where(m >= n, period - m, m)
-    if mode == "wrap":
-        return np.mod(i, n)
-    raise ValueError(f"unknown border mode {mode!r}")
 
 
 @lru_cache(maxsize=64)
@@ -156,6 +139,12 @@ def gaussian_filter(x: torch.Tensor, sigma: float | tuple[float, float], mode: s
     kw = gaussian_kernel1d(float(sw), float(truncate)) if sw > 0 else None
     h, w = x.shape[-2:]
     small = all(k is None or len(k) <= min(_CONV_MAX_TAPS, n) for k, n in ((kh, h), (kw, w)))
+    if small and x.is_floating_point() and x.device.type == "cpu":
+        rh, rw = len(kh or (1,)) // 2, len(kw or (1,)) // 2
+        out = separable_cpu(x.detach().contiguous().numpy(), kh or (1.0,), boundary_indices(h, rh, rh, mode),
+                            kw or (1.0,), boundary_indices(w, rw, rw, mode))
+        if out is not None:
+            return torch.from_numpy(out)
     if small and x.is_floating_point():
         # NOTE: on the CPU, a few images at a time (see the engine's chunks) stay in cache and shifted sums of
         # short kernels win; depthwise convolutions need many planes to be fast (and are on GPUs)

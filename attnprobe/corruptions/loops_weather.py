@@ -1,4 +1,4 @@
-"""Compiled weather loops: fog's plasma fractal and blend."""
+"""Compiled weather loops: fog (plasma fractal and blend), the blend of snow."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 
 from attnprobe.corruptions.jit import compiled, kernel, over_images
 
-__all__ = ["fog_cpu"]
+__all__ = ["fog_cpu", "snow_blend_cpu"]
 
 
 @kernel(np.full((1, 3, 2, 2), 9, np.uint8), np.array([[0.5, -0.5, 0.25]], np.float32), 2, 2.0, 1.5,
@@ -71,4 +71,40 @@ def fog_cpu(x_u8: np.ndarray, draws: np.ndarray, size: int, decay: float, weight
     draws = np.ascontiguousarray(draws)
     out = np.empty_like(x_u8)
     over_images(len(x_u8), lambda a, b: fn(x_u8[a:b], draws[a:b], int(size), float(decay), float(weight), out[a:b]))
+    return out
+
+
+@kernel(np.zeros((1, 3, 2, 2), np.uint8), np.zeros((1, 1, 2, 2), np.float32), 0.8, np.zeros((1, 3, 2, 2), np.uint8))
+def _snow_blend_loop(x: np.ndarray, flakes: np.ndarray, keep: float, out: np.ndarray) -> None:
+    """Snow's last step on uint8 (B, C, H, W): the image brightened towards 1.5 x its greyscale + 0.5 (weight
+    1 - keep), plus the flakes (0-255, cropped top-left to H x W) and the flakes rotated by 180 degrees."""
+    h, w = x.shape[2], x.shape[3]
+    scale = np.float32(255.0)
+    k_image, k_light = np.float32(keep), np.float32(1.0 - keep)
+    for b in range(x.shape[0]):
+        for y in range(h):
+            for i in range(w):
+                r = np.float32(x[b, 0, y, i]) / scale
+                g = np.float32(x[b, 1, y, i]) / scale
+                bl = np.float32(x[b, 2, y, i]) / scale
+                grey = (np.float32(0.299) * r + np.float32(0.587) * g) + np.float32(0.114) * bl
+                light = grey * np.float32(1.5) + np.float32(0.5)
+                here = flakes[b, 0, y, i] / scale
+                turned = flakes[b, 0, h - 1 - y, w - 1 - i] / scale
+                for c in range(x.shape[1]):
+                    v = np.float32(x[b, c, y, i]) / scale
+                    v = k_image * v + k_light * max(v, light)
+                    v = (v + here) + turned
+                    out[b, c, y, i] = np.uint8(min(max(v, np.float32(0.0)), np.float32(1.0)) * scale)
+
+
+def snow_blend_cpu(x_u8: np.ndarray, flakes: np.ndarray, keep: float) -> np.ndarray | None:
+    """`_snow_blend_loop` of uint8 (B, 3, H, W) and float32 flakes (B, 1, >= H, >= W); None without Numba."""
+    fn = compiled(_snow_blend_loop)
+    if fn is None:
+        return None
+    x_u8 = np.ascontiguousarray(x_u8)
+    flakes = np.ascontiguousarray(flakes, dtype=np.float32)
+    out = np.empty_like(x_u8)
+    over_images(len(x_u8), lambda a, b: fn(x_u8[a:b], flakes[a:b], float(keep), out[a:b]))
     return out

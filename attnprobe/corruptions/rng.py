@@ -16,6 +16,7 @@ Keys come from `seed`:
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -154,6 +155,22 @@ class ImageRNG:
                  device: str | None = None) -> torch.Tensor:
         """(B, *shape) integers uniform on [low, high)."""
         return self._fill(shape, dtype, lambda row, g: row.random_(low, high, generator=g), device)
+
+    def small_integers(self, shape: Sequence[int], high: int) -> torch.Tensor:
+        """(B, *shape) uint8 integers uniform on [0, high), high <= 256, on the batch's device.
+
+        A power-of-two `high` of k bits takes floor(31 / k) values from each 31-bit draw (15 per draw for glass
+        blur's 2-bit shifts: drawing is most of its cost); any other `high` takes one draw per value.
+        """
+        bits = max(1, (high - 1).bit_length())
+        if high != 1 << bits or bits > 8:
+            return self.integers(shape, 0, high, dtype=torch.uint8)
+        per_word = 31 // bits
+        numel = math.prod(shape)
+        words = self.integers((-(-numel // per_word),), 0, 1 << 31, dtype=torch.int32)  # (B, m)
+        offsets = torch.arange(0, per_word * bits, bits, dtype=torch.int32, device=words.device)
+        values = (words[..., None] >> offsets).bitwise_and_(high - 1)  # (B, m, per_word)
+        return values.reshape(len(self), -1)[:, :numel].to(torch.uint8).reshape(len(self), *shape)
 
     def scalar_uniform(self, low: float, high: float) -> list[float]:
         """One uniform float64 on [low, high) per image (stays on the CPU)."""

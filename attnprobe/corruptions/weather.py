@@ -13,7 +13,7 @@ import torch
 
 from attnprobe.corruptions import params as P
 from attnprobe.corruptions.blur import motion_blur_field
-from attnprobe.corruptions.loops_weather import fog_cpu
+from attnprobe.corruptions.loops_weather import fog_cpu, snow_blend_cpu
 from attnprobe.corruptions.params import Recipe
 from attnprobe.corruptions.resample import zoom_center
 from attnprobe.corruptions.rng import ImageRNG
@@ -25,11 +25,11 @@ __all__ = ["fog", "frost", "frost_picture", "plasma_fractal", "snow"]
 # --- snow -------------------------------------------------------------------------------------------------------
 
 
-def snow(x: torch.Tensor, severity: int, rng: ImageRNG, recipe: Recipe) -> torch.Tensor:
+def snow(x_u8: torch.Tensor, severity: int, rng: ImageRNG, recipe: Recipe) -> torch.Tensor:
     """Flakes: a zoomed, thresholded normal field, motion-blurred at a random angle in [-135, -45) degrees,
     added twice (once rotated by 180 degrees) to the image brightened towards its greyscale."""
     loc, scale, zoom, threshold, radius, sigma, keep = P.SNOW[severity - 1]
-    b, _, h, w = x.shape
+    b, _, h, w = x_u8.shape
     field = rng.normal((1, h, w), mean=loc, std=scale)  # (B, 1, H, W)
     # NOTE: imagenet-c trims the zoomed field to H x W (centre) first; imagecorruptions blurs it whole, then cuts.
     flakes = zoom_center(field, float(zoom), center_trim=True, keep_size=recipe.center_trim)
@@ -39,7 +39,10 @@ def snow(x: torch.Tensor, severity: int, rng: ImageRNG, recipe: Recipe) -> torch
         flakes = motion_blur_field(flakes.mul(255).floor_(), radius, sigma, angles).round_().clamp_(0, 255)
     else:
         flakes = motion_blur_field(flakes.mul(255), radius, sigma, angles).round_()
+    if x_u8.device.type == "cpu" and (out := snow_blend_cpu(x_u8.numpy(), flakes.numpy(), keep)) is not None:
+        return torch.from_numpy(out)
     flakes = flakes[..., :h, :w].div_(255)
+    x = x_u8.to(torch.float32).div_(255)
     grey = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)  # (B, 1, H, W) as OpenCV
     x = keep * x + (1 - keep) * torch.maximum(x, grey * 1.5 + 0.5)
     return x.add_(flakes).add_(flakes.flip(-1, -2)).clamp_(0, 1).mul_(255)
