@@ -18,8 +18,8 @@ RUN = {"batch_size": 4, "workers": 0, "device": "cpu"}
 
 
 def test_dataset_tags_round_trip() -> None:
-    tagged = C.tag_corruption("images:ab12;precision=bf16", "torch-v1/imagenet-c")
-    assert C.tagged_corruption(tagged) == "torch-v1/imagenet-c"
+    tagged = C.tag_corruption("images:ab12;precision=bf16", "torch-v2/imagenet-c")
+    assert C.tagged_corruption(tagged) == "torch-v2/imagenet-c"
     assert C.untag_corruption(tagged) == "images:ab12;precision=bf16"
     assert C.tag_corruption(tagged, "reference-imagecorruptions-1.1.2") == \
         "images:ab12;precision=bf16;corruption=reference-imagecorruptions-1.1.2"
@@ -47,7 +47,7 @@ def test_each_backend_and_recipe_is_its_own_cell_and_report_never_mixes_them(tmp
     assert not ref.cells[0].cached and not ic.cells[0].cached  # another backend or recipe: computed anew
     datasets = {r.cells[0].key.dataset for r in (torch_a, ref, ic)}
     assert len(datasets) == 3 and all(d.startswith("imagenet_c_otf:") for d in datasets)
-    assert any("torch-v1/imagenet-c" in n for n in torch_a.notes)
+    assert any("torch-v2/imagenet-c" in n for n in torch_a.notes)
     infos = cells[cells["task"] == "imagenet_c"]["info"].tolist()
     assert sorted(i["corruption_id"] for i in infos) == sorted(
         [C.corruption_id("torch"), C.corruption_id("reference"), C.corruption_id("torch", "imagecorruptions")])
@@ -59,7 +59,7 @@ def test_each_backend_and_recipe_is_its_own_cell_and_report_never_mixes_them(tmp
     summary = counting_summary(cells, n_resamples=10)
     assert any("3 data sources" in n and "never a mix" in n for n in summary.notes)
     engine_ic = next(g for g in groups if g.source.backend == C.corruption_id("torch", "imagecorruptions"))
-    assert "backend torch-v1/imagecorruptions" in engine_ic.source.words()
+    assert "backend torch-v2/imagecorruptions" in engine_ic.source.words()
 
 
 def test_device_corruption_path_equals_the_host_path(tmp_path: Path) -> None:

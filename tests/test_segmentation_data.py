@@ -252,7 +252,7 @@ def test_on_the_fly_is_deterministic_and_corrupts_bgr(cs_root: Path) -> None:
     bgr = a.load_image(0)
     want = EngineBackend("torch", "imagecorruptions")(bgr, "gaussian_noise", 2, a.seed(0))
     assert torch.equal(a[0][0], torch.from_numpy(np.ascontiguousarray(want[..., ::-1].transpose(2, 0, 1))))
-    assert a.backend_name == "torch-v1/imagecorruptions"
+    assert a.backend_name == "torch-v2/imagecorruptions"
     # the reference backend is the imagecorruptions package on the same BGR array; its pixels are another dataset
     ref = OnTheFlyCityscapesC(cs_root, "gaussian_noise", 2, samples=samples, backend="reference",
                               pipeline=DEMO_PIPELINE, output="uint8")

@@ -76,7 +76,7 @@ class SegInputs:
 
     @property
     def corruption_name(self) -> str:
-        """What corrupts the images on the fly: a `corruption_id` (``torch-v1/imagecorruptions``) or a function's
+        """What corrupts the images on the fly: a `corruption_id` (``torch-v2/imagecorruptions``) or a function's
         name."""
         from attnprobe.data.cityscapes import EngineBackend
 

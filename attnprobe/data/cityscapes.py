@@ -295,7 +295,7 @@ class EngineBackend:
     package) as a `CorruptionBackend` on one BGR image; picklable for DataLoader workers.
 
     The engine's default recipe here is "imagecorruptions", the recipe of the released Cityscapes-C. Its `__name__`
-    is the pixels' id (`corruption_id`, e.g. ``torch-v1/imagecorruptions``), which goes into the fingerprint.
+    is the pixels' id (`corruption_id`, e.g. ``torch-v2/imagecorruptions``), which goes into the fingerprint.
     """
 
     def __init__(self, backend: str | None = None, recipe: str | None = None) -> None:

@@ -17,7 +17,7 @@ Backends (`BACKENDS`):
   through their own `seed` argument, since they do not use the global state. Caller's random state is never
   changed.
 
-`corruption_id(backend, recipe)` names the pixels a backend and recipe make (e.g. ``torch-v1/imagenet-c``); it goes
+`corruption_id(backend, recipe)` names the pixels a backend and recipe make (e.g. ``torch-v2/imagenet-c``); it goes
 into dataset fingerprints and cell keys, so results of different backends or recipes never mix in a store.
 
 Seeds come from SHA-256 of the image id (not Python's salted `hash()`), so they are identical across processes,
@@ -186,7 +186,7 @@ CORRUPTION_TAG = ";corruption="
 
 
 def tag_corruption(dataset: str, corruption_id_: str) -> str:
-    """The dataset id of images corrupted by `corruption_id_` (e.g. ``images:ab12;corruption=torch-v1/imagenet-c``).
+    """The dataset id of images corrupted by `corruption_id_` (e.g. ``images:ab12;corruption=torch-v2/imagenet-c``).
 
     Diagnostics store corrupted series under it, so values of two backends or recipes are two series, never one.
     """

@@ -25,7 +25,7 @@ Stored values (`ResultsStore.add_diagnostics`, one row per image, layer and head
 
 Corrupted images come from the batched torch engine (recipe imagenet-c) unless `corruption_source=
 CorruptionSource(backend, recipe)` says otherwise; a corrupted series is stored under the dataset id tagged with
-what corrupted it (`<dataset>;corruption=torch-v1/imagenet-c`), so two backends or recipes are never one series.
+what corrupted it (`<dataset>;corruption=torch-v2/imagenet-c`), so two backends or recipes are never one series.
 
 * `attention_cosine` (per head; condition = corruption, severity 1-5): cosine of clean vs corrupted maps.
 * `head_similarity` (head -1; condition `clean` or a corruption): mean cosine over head pairs.

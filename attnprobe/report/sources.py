@@ -54,7 +54,7 @@ _PREFIX_KINDS = {"imagenet_c": "released", "imagenet_p": "released", "imagenet_c
 _KIND_WORDS = {"released": "released", "on_the_fly": "generated on the fly", "regenerated": "regenerated",
                "folder": "image folder", "synthetic": "synthetic images", "unlabelled": "source not recorded"}
 _KIND_RANK = {"released": 0, "regenerated": 1, "on_the_fly": 1, "folder": 2, "synthetic": 2, "unlabelled": 3}
-# NOTE: `corruption_id` first: it names backend, recipe and engine version (`torch-v1/imagenet-c`), so two recipes of
+# NOTE: `corruption_id` first: it names backend, recipe and engine version (`torch-v2/imagenet-c`), so two recipes of
 # one backend are two sources
 _BACKEND_KEYS = ("corruption_id", "backend", "engine", "corruption_backend", "corruption_engine")
 
