@@ -276,6 +276,32 @@ def test_compiled_cpu_loops_equal_the_torch_path(name: str, recipe: str, monkeyp
             assert diff.max() <= 1 and diff.float().mean() < 2e-3, (name, s, diff.float().mean())
 
 
+def test_every_compiled_loop_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The torch fallback is silent by design: make sure no compiled path falls back by mistake."""
+    from attnprobe.corruptions import jit
+
+    if not jit.available():
+        pytest.skip("numba is not installed")
+    calls: list[str] = []
+    real_run = jit.run
+
+    def counting_run(loop, out, *args):  # noqa: ANN001, ANN202
+        result = real_run(loop, out, *args)
+        assert result is not None, loop.__name__
+        calls.append(loop.__name__)
+        return result
+
+    for module in ("loops_pixel", "loops_blur", "loops_warp", "loops_weather"):
+        monkeypatch.setattr(f"attnprobe.corruptions.{module}.run", counting_run)
+    x = torch.randint(0, 256, (2, 3, 40, 48), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    for name in ("brightness", "shot_noise", "gaussian_noise", "impulse_noise", "glass_blur", "motion_blur",
+                 "zoom_blur", "elastic_transform", "fog", "snow", "gaussian_blur"):
+        corrupt(x, name, 3, seed=[1, 2])
+    assert set(calls) == {"_hsv_adjust_loop", "_shot_noise_loop", "_add_noise_loop", "_impulse_loop",
+                          "_glass_blur_loop", "_motion_loop", "_zoom_blur_loop", "_elastic_loop", "_fog_loop",
+                          "_snow_blend_loop", "_separable_loop"}
+
+
 def test_zoom_center_of_channels_last_images_is_the_same() -> None:
     from attnprobe.corruptions.params import zoom_factors
 

@@ -16,7 +16,7 @@ from attnprobe.corruptions import params as P
 from attnprobe.corruptions.filters import correlate2d, gaussian_filter, gaussian_kernel1d, pad2d
 from attnprobe.corruptions.loops_blur import glass_blur_cpu, motion_cpu, zoom_blur_cpu
 from attnprobe.corruptions.params import Recipe
-from attnprobe.corruptions.resample import zoom_center
+from attnprobe.corruptions.resample import clipped_zoom_axis, zoom_center
 from attnprobe.corruptions.rng import ImageRNG
 
 __all__ = ["defocus_blur", "disk_kernel", "gaussian_blur", "glass_blur", "glass_shuffle_index", "motion_blur",
@@ -202,10 +202,7 @@ def _zoom_axis(size: int, factor: float, center_trim: bool) -> tuple[np.ndarray,
     The float32 steps of torch's corner-aligned bilinear upsampling (scale (n - 1) / (m - 1), source = scale *
     position); the last source pixel is read as (second-to-last, weight 1) so that every read has a neighbour.
     """
-    crop = math.ceil(size / factor)
-    start = (size - crop) // 2
-    enlarged = int(round(crop * factor))
-    offset = max((enlarged - size) // 2, 0) if center_trim else 0
+    crop, start, enlarged, offset = clipped_zoom_axis(size, factor, center_trim)
     scale = np.float32(crop - 1) / np.float32(enlarged - 1)
     real = scale * np.arange(offset, offset + size, dtype=np.float32)
     index = real.astype(np.int64)

@@ -18,7 +18,7 @@ from functools import cache, lru_cache
 import numpy as np
 import torch
 
-__all__ = ["available", "compiled", "helper", "kernel", "over_images"]
+__all__ = ["available", "compiled", "each", "helper", "kernel", "over_images", "run"]
 
 _HELPERS: list[Callable] = []
 
@@ -48,7 +48,8 @@ def _compile_helpers(numba) -> None:  # noqa: ANN001
 
 @cache
 def compiled(loop: Callable) -> Callable | None:
-    """The compiled `loop`, or None when Numba is missing or fails on it."""
+    """The compiled `loop` (registered with `kernel`), or None when Numba is missing or fails on it."""
+    example = loop.__jit_example__  # NOTE: outside the try: a loop that is not a kernel is a bug, not a fallback
     try:
         import numba
     except ImportError:
@@ -57,7 +58,7 @@ def compiled(loop: Callable) -> Callable | None:
         try:
             _compile_helpers(numba)
             fn = numba.njit(cache=on_disk, nogil=True, error_model="numpy")(loop)
-            fn(*loop.__jit_example__)
+            fn(*example)
             return fn
         except Exception:  # noqa: BLE001, S112 - any Numba failure leaves the torch path
             continue
@@ -89,3 +90,29 @@ def over_images(n: int, work: Callable[[int, int], None]) -> None:
         return
     bounds = np.linspace(0, n, workers + 1).astype(int)
     list(_pool(workers, os.getpid()).map(lambda ab: work(*ab), zip(bounds[:-1], bounds[1:])))  # noqa: RUF007
+
+
+class _Each:
+    """An argument of `run` cut along the images, with the output."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = np.ascontiguousarray(array)
+
+
+def each(array: np.ndarray) -> _Each:
+    """Mark a per-image array (its first axis is the batch's) for `run`."""
+    return _Each(array)
+
+
+def run(loop: Callable, out: np.ndarray, *args: object) -> np.ndarray | None:
+    """loop(*args, out) over the images of `out` (split among threads, `over_images`), the `each` arguments cut
+    along with it; returns `out`, or None when the loop cannot run (the caller takes its torch path)."""
+    fn = compiled(loop)
+    if fn is None:
+        return None
+
+    def work(start: int, stop: int) -> None:
+        fn(*(a.array[start:stop] if isinstance(a, _Each) else a for a in args), out[start:stop])
+
+    over_images(len(out), work)
+    return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from attnprobe.corruptions.borders import boundary_indices
-from attnprobe.corruptions.jit import compiled, helper, kernel, over_images
+from attnprobe.corruptions.jit import each, helper, kernel, run
 
 __all__ = ["glass_blur_cpu", "motion_cpu", "separable_cpu", "zoom_blur_cpu"]
 
@@ -57,13 +57,8 @@ def _zoom_blur_loop(x: np.ndarray, rows: np.ndarray, row_w: np.ndarray, cols: np
 def zoom_blur_cpu(x_u8: np.ndarray, rows: np.ndarray, row_w: np.ndarray, cols: np.ndarray, col_w: np.ndarray,
                   identities: int) -> np.ndarray | None:
     """Zoom blur of uint8 (B, C, H, W) from its sampling tables (`_zoom_blur_loop`), or None without Numba."""
-    fn = compiled(_zoom_blur_loop)
-    if fn is None:
-        return None
-    x_u8 = np.ascontiguousarray(x_u8)
-    out = np.empty_like(x_u8)
-    over_images(len(x_u8), lambda a, b: fn(x_u8[a:b], rows, row_w, cols, col_w, int(identities), out[a:b]))
-    return out
+    x = np.ascontiguousarray(x_u8)
+    return run(_zoom_blur_loop, np.empty_like(x), each(x), rows, row_w, cols, col_w, int(identities))
 
 
 @helper
@@ -72,7 +67,7 @@ def _blur_plane(src: np.ndarray, taps_h: np.ndarray, rows: np.ndarray, taps_w: n
     """dst = src (H, W) correlated with the centred `taps_h` down the columns, then `taps_w` along the rows.
 
     rows / cols: the source index of every position of the padded axes (H + len(taps_h) - 1, W + len(taps_w) - 1;
-    `filters.boundary_indices`), which is how any border mode is applied. Row-wise loops over contiguous memory,
+    `borders.boundary_indices`), which is how any border mode is applied. Row-wise loops over contiguous memory,
     which the compiler vectorises.
     """
     h, w = src.shape
@@ -114,14 +109,10 @@ def _separable_loop(x: np.ndarray, taps_h: np.ndarray, rows: np.ndarray, taps_w:
 def separable_cpu(x: np.ndarray, taps_h: tuple[float, ...], rows: np.ndarray, taps_w: tuple[float, ...],
                   cols: np.ndarray) -> np.ndarray | None:
     """Separable correlation of float (..., H, W) planes (`_blur_plane`), or None without Numba."""
-    fn = compiled(_separable_loop)
-    if fn is None:
-        return None
     planes = np.ascontiguousarray(x).reshape(-1, *x.shape[-2:])
     th, tw = np.asarray(taps_h, dtype=x.dtype), np.asarray(taps_w, dtype=x.dtype)
-    out = np.empty_like(planes)
-    over_images(len(planes), lambda a, b: fn(planes[a:b], th, rows, tw, cols, out[a:b]))
-    return out.reshape(x.shape)
+    out = run(_separable_loop, np.empty_like(planes), each(planes), th, rows, tw, cols)
+    return None if out is None else out.reshape(x.shape)
 
 
 @kernel(np.zeros((1, 1, 5, 5), np.uint8), np.ones(3, np.float32) / 3, np.arange(7) % 5, np.arange(7) % 5,
@@ -163,17 +154,11 @@ def _glass_blur_loop(x: np.ndarray, taps: np.ndarray, rows: np.ndarray, cols: np
 def glass_blur_cpu(x_u8: np.ndarray, taps: tuple[float, ...], shifts: np.ndarray, d: int) -> np.ndarray | None:
     """Glass blur of uint8 (B, C, H, W) (`_glass_blur_loop`) with the Gaussian `taps` and the (B, passes, 2,
     H - 2d, W - 2d) uint8 draws d + (dx, dy); None without Numba."""
-    fn = compiled(_glass_blur_loop)
-    if fn is None:
-        return None
-    x_u8 = np.ascontiguousarray(x_u8)
-    shifts = np.ascontiguousarray(shifts)
-    weights = np.asarray(taps, dtype=np.float32)
+    x = np.ascontiguousarray(x_u8)
     r = len(taps) // 2
-    rows, cols = (boundary_indices(n, r, r, "nearest") for n in x_u8.shape[-2:])
-    out = np.empty_like(x_u8)
-    over_images(len(x_u8), lambda a, b: fn(x_u8[a:b], weights, rows, cols, shifts[a:b], int(d), out[a:b]))
-    return out
+    rows, cols = (boundary_indices(n, r, r, "nearest") for n in x.shape[-2:])
+    return run(_glass_blur_loop, np.empty_like(x), each(x), np.asarray(taps, dtype=np.float32), rows, cols,
+               each(shifts), int(d))
 
 
 @kernel(np.zeros((1, 1, 3, 3), np.float32), np.zeros((1, 2), np.int64), np.ones((1, 2), np.int64),
@@ -209,9 +194,6 @@ def _motion_loop(x: np.ndarray, dys: np.ndarray, dxs: np.ndarray, weights: np.nd
 def motion_cpu(x: np.ndarray, taps: list[list[tuple[int, int, float]]]) -> np.ndarray | None:
     """Motion blur of float (B, C, H, W) with each image's (row offset, column offset, weight) taps
     (`_motion_loop`); None without Numba."""
-    fn = compiled(_motion_loop)
-    if fn is None:
-        return None
     x = np.ascontiguousarray(x)
     most = max(len(t) for t in taps)
     dys, dxs = np.zeros((len(taps), most), np.int64), np.zeros((len(taps), most), np.int64)
@@ -220,6 +202,4 @@ def motion_cpu(x: np.ndarray, taps: list[list[tuple[int, int, float]]]) -> np.nd
         for t, (dy, dx, wt) in enumerate(image_taps):
             dys[b, t], dxs[b, t], weights[b, t] = dy, dx, wt
     counts = np.array([len(t) for t in taps], np.int64)
-    out = np.empty_like(x)
-    over_images(len(x), lambda a, b: fn(x[a:b], dys[a:b], dxs[a:b], weights[a:b], counts[a:b], out[a:b]))
-    return out
+    return run(_motion_loop, np.empty_like(x), each(x), each(dys), each(dxs), each(weights), each(counts))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from attnprobe.corruptions.jit import compiled, kernel, over_images
+from attnprobe.corruptions.jit import each, kernel, run
 
 __all__ = ["add_noise_cpu", "hsv_adjust_cpu", "impulse_noise_cpu", "shot_noise_cpu"]
 
@@ -62,82 +62,68 @@ def _hsv_adjust_loop(x: np.ndarray, s_scale: float, s_shift: float, v_shift: flo
                 out[b, 2, y, col] = np.uint8(min(max(bb, 0.0), 1.0) * 255.0)
 
 
-@kernel(np.zeros(1, np.uint8), np.zeros(1, np.float32), np.zeros(1, np.uint8))
+@kernel(np.zeros((1, 2), np.uint8), np.zeros((1, 2), np.float32), np.zeros((1, 2), np.uint8))
 def _add_noise_loop(x: np.ndarray, noise: np.ndarray, out: np.ndarray) -> None:
-    """uint8 of clip(x / 255 + noise, 0, 1) * 255, flat arrays; the float32 steps of the torch path."""
-    for i in range(x.shape[0]):
-        v = np.float32(x[i]) / np.float32(255.0) + noise[i]
-        out[i] = np.uint8(min(max(v, np.float32(0.0)), np.float32(1.0)) * np.float32(255.0))
+    """uint8 of clip(x / 255 + noise, 0, 1) * 255, (B, N) arrays; the float32 steps of the torch path."""
+    for b in range(x.shape[0]):
+        for i in range(x.shape[1]):
+            v = np.float32(x[b, i]) / np.float32(255.0) + noise[b, i]
+            out[b, i] = np.uint8(min(max(v, np.float32(0.0)), np.float32(1.0)) * np.float32(255.0))
 
 
-@kernel(np.zeros(1, np.uint8), np.zeros(1, np.float32), 0.5, np.zeros(1, np.uint8))
+@kernel(np.zeros((1, 2), np.uint8), np.zeros((1, 2), np.float32), 0.5, np.zeros((1, 2), np.uint8))
 def _impulse_loop(x: np.ndarray, u: np.ndarray, amount: float, out: np.ndarray) -> None:
-    """Pepper (0) where u < amount / 2, salt (255) where u < amount, else the value; flat arrays."""
+    """Pepper (0) where u < amount / 2, salt (255) where u < amount, else the value; (B, N) arrays."""
     salt = np.float32(amount)
     pepper = np.float32(amount / 2)
-    for i in range(x.shape[0]):
-        out[i] = 0 if u[i] < pepper else (255 if u[i] < salt else x[i])
+    for b in range(x.shape[0]):
+        for i in range(x.shape[1]):
+            out[b, i] = 0 if u[b, i] < pepper else (255 if u[b, i] < salt else x[b, i])
 
 
-@kernel(np.zeros(1, np.uint8), np.zeros(1, np.float32), np.zeros(256, np.int32), np.ones(256, np.float32),
-        np.arange(3.0), 1, 1, np.zeros(2, np.uint8), np.zeros(1, np.uint8))
+@kernel(np.zeros((1, 1), np.uint8), np.zeros((1, 1), np.float32), np.zeros(256, np.int32), np.ones(256, np.float32),
+        np.arange(3.0), 1, 1, np.zeros(2, np.uint8), np.zeros((1, 1), np.uint8))
 def _shot_noise_loop(level: np.ndarray, u: np.ndarray, base: np.ndarray, threshold: np.ndarray,
                      offset: np.ndarray, photons: int, buckets: int, lut: np.ndarray, out: np.ndarray) -> None:
-    """`noise.shot_noise`'s guide-table inverse CDF, one value at a time (flat arrays)."""
-    for i in range(level.shape[0]):
-        lv = np.int64(level[i])
-        bucket = np.int64(np.int32(u[i] * np.float32(buckets))) + lv * buckets
-        count = np.int64(base[bucket])
-        if count < 0:
-            key = np.float64(u[i]) + 2.0 * np.float64(lv)
-            count = np.int64(np.searchsorted(offset, key, side="right")) - lv * photons
-        elif u[i] >= threshold[bucket]:
-            count += 1
-        out[i] = lut[min(count, photons)]
+    """`noise.shot_noise`'s guide-table inverse CDF, one value at a time ((B, N) levels, uniforms and out)."""
+    for b in range(level.shape[0]):
+        for i in range(level.shape[1]):
+            lv = np.int64(level[b, i])
+            bucket = np.int64(np.int32(u[b, i] * np.float32(buckets))) + lv * buckets
+            count = np.int64(base[bucket])
+            if count < 0:
+                key = np.float64(u[b, i]) + 2.0 * np.float64(lv)
+                count = np.int64(np.searchsorted(offset, key, side="right")) - lv * photons
+            elif u[b, i] >= threshold[bucket]:
+                count += 1
+            out[b, i] = lut[min(count, photons)]
 
 
 def hsv_adjust_cpu(x_u8: np.ndarray, s_scale: float, s_shift: float, v_shift: float) -> np.ndarray | None:
     """Brightness / saturate of uint8 (B, 3, H, W) (see `_hsv_adjust_loop`), or None without Numba."""
-    fn = compiled(_hsv_adjust_loop)
-    if fn is None:
-        return None
-    x_u8 = np.ascontiguousarray(x_u8)
-    out = np.empty_like(x_u8)
-    over_images(len(x_u8), lambda a, b: fn(x_u8[a:b], float(s_scale), float(s_shift), float(v_shift), out[a:b]))
-    return out
+    x = np.ascontiguousarray(x_u8)
+    return run(_hsv_adjust_loop, np.empty_like(x), each(x), float(s_scale), float(s_shift), float(v_shift))
 
 
-def _flat_map(kernel: str, x_u8: np.ndarray, values: np.ndarray, *args: object) -> np.ndarray | None:
-    """kernel(x, values, *args, out) over uint8 (B, ...) images with per-value `values` (B, ...), or None."""
-    fn = compiled(kernel)
-    if fn is None:
-        return None
+def _per_value(loop, x_u8: np.ndarray, values: np.ndarray, *args: object) -> np.ndarray | None:  # noqa: ANN001
+    """loop over uint8 (B, ...) images and one value per element (B, ...), as (B, N) arrays; None without Numba."""
     b = len(x_u8)
-    x = np.ascontiguousarray(x_u8).reshape(b, -1)
-    v = np.ascontiguousarray(values).reshape(b, -1)
-    out = np.empty_like(x)
-    over_images(b, lambda i, j: fn(x[i:j].reshape(-1), v[i:j].reshape(-1), *args, out[i:j].reshape(-1)))
-    return out.reshape(x_u8.shape)
+    out = run(loop, np.empty((b, x_u8[0].size), np.uint8), each(x_u8.reshape(b, -1)), each(values.reshape(b, -1)),
+              *args)
+    return None if out is None else out.reshape(x_u8.shape)
 
 
 def add_noise_cpu(x_u8: np.ndarray, noise: np.ndarray) -> np.ndarray | None:
     """uint8 of clip(x / 255 + noise, 0, 1) * 255 (float32 noise of the same shape), or None without Numba."""
-    return _flat_map("noise", x_u8, noise)
+    return _per_value(_add_noise_loop, x_u8, noise)
 
 
 def impulse_noise_cpu(x_u8: np.ndarray, u: np.ndarray, amount: float) -> np.ndarray | None:
     """Salt and pepper from float32 uniforms of the same shape (`noise.impulse_noise`), or None without Numba."""
-    return _flat_map("impulse", x_u8, u, float(amount))
+    return _per_value(_impulse_loop, x_u8, u, float(amount))
 
 
 def shot_noise_cpu(level: np.ndarray, u: np.ndarray, tables: tuple[np.ndarray, ...], photons: int, buckets: int,
                    lut: np.ndarray) -> np.ndarray | None:
     """Shot noise of uint8 levels (B, N) with float32 uniforms (B, N) (`noise.shot_noise`); None without Numba."""
-    fn = compiled(_shot_noise_loop)
-    if fn is None:
-        return None
-    out = np.empty_like(level)
-    n = len(level)
-    over_images(n, lambda a, b: fn(level[a:b].reshape(-1), u[a:b].reshape(-1), *tables, int(photons), int(buckets),
-                                    lut, out[a:b].reshape(-1)))
-    return out
+    return run(_shot_noise_loop, np.empty_like(level), each(level), each(u), *tables, int(photons), int(buckets), lut)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from attnprobe.corruptions.jit import compiled, helper, kernel, over_images
+from attnprobe.corruptions.jit import each, helper, kernel, run
 
 __all__ = ["elastic_cpu"]
 
@@ -83,13 +83,8 @@ def _elastic_loop(x: np.ndarray, inverse: np.ndarray, affine: bool, fields: np.n
 def elastic_cpu(x_u8: np.ndarray, inverse: np.ndarray | None, fields: np.ndarray) -> np.ndarray | None:
     """Elastic transform of uint8 (B, C, H, W) (`_elastic_loop`): affine inverses (B, 2, 3) float32 or None,
     displacement fields (B, 2, H, W) float32 (dx, dy, pixels); None without Numba."""
-    fn = compiled(_elastic_loop)
-    if fn is None:
-        return None
-    x_u8 = np.ascontiguousarray(x_u8)
-    fields = np.ascontiguousarray(fields, dtype=np.float32)
+    x = np.ascontiguousarray(x_u8)
     affine = inverse is not None
-    inverse = np.zeros((len(x_u8), 2, 3), np.float32) if inverse is None else np.ascontiguousarray(inverse, np.float32)
-    out = np.empty_like(x_u8)
-    over_images(len(x_u8), lambda a, b: fn(x_u8[a:b], inverse[a:b], affine, fields[a:b], out[a:b]))
-    return out
+    inverse = np.zeros((len(x), 2, 3), np.float32) if inverse is None else inverse.astype(np.float32, copy=False)
+    return run(_elastic_loop, np.empty_like(x), each(x), each(inverse), affine,
+               each(fields.astype(np.float32, copy=False)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from attnprobe.corruptions.jit import compiled, kernel, over_images
+from attnprobe.corruptions.jit import each, kernel, run
 
 __all__ = ["fog_cpu", "snow_blend_cpu"]
 
@@ -64,14 +64,8 @@ def _fog_loop(x: np.ndarray, draws: np.ndarray, size: int, decay: float, weight:
 
 def fog_cpu(x_u8: np.ndarray, draws: np.ndarray, size: int, decay: float, weight: float) -> np.ndarray | None:
     """Fog of uint8 (B, C, H, W) from each image's plasma draws (B, n) float32 (`_fog_loop`); None without Numba."""
-    fn = compiled(_fog_loop)
-    if fn is None:
-        return None
-    x_u8 = np.ascontiguousarray(x_u8)
-    draws = np.ascontiguousarray(draws)
-    out = np.empty_like(x_u8)
-    over_images(len(x_u8), lambda a, b: fn(x_u8[a:b], draws[a:b], int(size), float(decay), float(weight), out[a:b]))
-    return out
+    x = np.ascontiguousarray(x_u8)
+    return run(_fog_loop, np.empty_like(x), each(x), each(draws), int(size), float(decay), float(weight))
 
 
 @kernel(np.zeros((1, 3, 2, 2), np.uint8), np.zeros((1, 1, 2, 2), np.float32), 0.8, np.zeros((1, 3, 2, 2), np.uint8))
@@ -100,11 +94,5 @@ def _snow_blend_loop(x: np.ndarray, flakes: np.ndarray, keep: float, out: np.nda
 
 def snow_blend_cpu(x_u8: np.ndarray, flakes: np.ndarray, keep: float) -> np.ndarray | None:
     """`_snow_blend_loop` of uint8 (B, 3, H, W) and float32 flakes (B, 1, >= H, >= W); None without Numba."""
-    fn = compiled(_snow_blend_loop)
-    if fn is None:
-        return None
-    x_u8 = np.ascontiguousarray(x_u8)
-    flakes = np.ascontiguousarray(flakes, dtype=np.float32)
-    out = np.empty_like(x_u8)
-    over_images(len(x_u8), lambda a, b: fn(x_u8[a:b], flakes[a:b], float(keep), out[a:b]))
-    return out
+    x = np.ascontiguousarray(x_u8)
+    return run(_snow_blend_loop, np.empty_like(x), each(x), each(flakes.astype(np.float32, copy=False)), float(keep))

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["map_coordinates", "pil_resize", "pil_resize_nearest", "upscale_sources", "zoom_center"]
+__all__ = ["clipped_zoom_axis", "map_coordinates", "pil_resize", "pil_resize_nearest", "upscale_sources", "zoom_center"]
 
 _PRECISION_BITS = 22  # PIL: 32 - 8 - 2
 
@@ -139,6 +139,18 @@ def pil_resize_nearest(x: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor:
     return x.index_select(-2, rows).index_select(-1, cols)
 
 
+def clipped_zoom_axis(size: int, factor: float, center_trim: bool) -> tuple[int, int, int, int]:
+    """One axis of the clipped zoom: (crop length, crop start, enlarged length, where the kept part starts in it).
+
+    The crop is the centred 1/factor of the side (rounded up); it is enlarged to ``round(crop * factor)`` (Python's
+    round, as SciPy's zoom) and the kept `size` pixels start at the centre (`center_trim`) or at 0.
+    """
+    crop = math.ceil(size / factor)
+    enlarged = int(round(crop * factor))
+    offset = max((enlarged - size) // 2, 0) if center_trim else 0
+    return crop, (size - crop) // 2, enlarged, offset
+
+
 def zoom_center(x: torch.Tensor, factor: float, center_trim: bool, keep_size: bool = True) -> torch.Tensor:
     """Centred crop of 1/factor of each side, enlarged by `factor` with corner-aligned linear interpolation.
 
@@ -150,20 +162,16 @@ def zoom_center(x: torch.Tensor, factor: float, center_trim: bool, keep_size: bo
         keep_size: return exactly H x W; else the whole enlarged crop (imagecorruptions' snow).
     """
     h, w = x.shape[-2:]
-    ch, cw = math.ceil(h / factor), math.ceil(w / factor)
-    top, left = (h - ch) // 2, (w - cw) // 2
+    ch, top, oh, t = clipped_zoom_axis(h, factor, center_trim)
+    cw, left, ow, lft = clipped_zoom_axis(w, factor, center_trim)
     crop = x[..., top:top + ch, left:left + cw]
-    oh, ow = int(round(ch * factor)), int(round(cw * factor))  # NOTE: Python's round, as scipy's zoom
     if (oh, ow) == (ch, cw):
         out = crop
     else:
         out = F.interpolate(crop, size=(oh, ow), mode="bilinear", align_corners=True)
     if not keep_size:
         return out
-    if center_trim:
-        t, lft = max((oh - h) // 2, 0), max((ow - w) // 2, 0)
-        return out[..., t:t + h, lft:lft + w]
-    return out[..., :h, :w]
+    return out[..., t:t + h, lft:lft + w]
 
 
 def map_coordinates(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, mode: str) -> torch.Tensor:

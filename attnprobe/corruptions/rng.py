@@ -163,10 +163,10 @@ class ImageRNG:
         blur's 2-bit shifts: drawing is most of its cost); any other `high` takes one draw per value.
         """
         bits = max(1, (high - 1).bit_length())
-        if high != 1 << bits or bits > 8:
+        numel = math.prod(shape)
+        if high != 1 << bits or bits > 8 or numel == 0:
             return self.integers(shape, 0, high, dtype=torch.uint8)
         per_word = 31 // bits
-        numel = math.prod(shape)
         words = self.integers((-(-numel // per_word),), 0, 1 << 31, dtype=torch.int32)  # (B, m)
         offsets = torch.arange(0, per_word * bits, bits, dtype=torch.int32, device=words.device)
         values = (words[..., None] >> offsets).bitwise_and_(high - 1)  # (B, m, per_word)
