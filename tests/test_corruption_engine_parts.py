@@ -174,6 +174,21 @@ def test_jpeg_roundtrip_is_pils() -> None:
             np.testing.assert_array_equal(out[k].permute(1, 2, 0).numpy(), ref)
 
 
+def test_jpeg_takes_pils_coder_when_torchvisions_pixels_differ(monkeypatch: pytest.MonkeyPatch) -> None:
+    from attnprobe.corruptions import digital
+
+    x = torch.from_numpy(np.random.default_rng(8).integers(0, 256, (3, 3, 40, 56), dtype=np.uint8))
+    fast = digital.jpeg_roundtrip(x, 18)
+    real = digital._torchvision_jpeg
+    monkeypatch.setattr(digital, "_torchvision_jpeg", lambda b, q: real(b, q) ^ 1)  # a coder that is 1 level off
+    digital._torchvision_jpeg_is_pils.cache_clear()
+    try:
+        assert not digital._torchvision_jpeg_is_pils(18)
+        assert torch.equal(digital.jpeg_roundtrip(x, 18), fast)  # PIL's coder: the same pixels
+    finally:
+        digital._torchvision_jpeg_is_pils.cache_clear()
+
+
 def test_poisson_guide_tables_give_exact_inverse_cdf_draws() -> None:
     from scipy.stats import poisson
 

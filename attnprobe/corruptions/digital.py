@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import os
 from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -142,14 +143,45 @@ def _map_planes(fn, batch: torch.Tensor, out_hw: tuple[int, int] | None = None) 
     return torch.from_numpy(out)
 
 
+def _torchvision_jpeg(batch: torch.Tensor, quality: int) -> torch.Tensor:
+    """torchvision's JPEG round trip of a CPU uint8 (B, 3, H, W) batch (libjpeg-turbo, GIL released)."""
+    from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
+
+    return torch.stack(decode_jpeg(encode_jpeg(list(batch), quality=quality), mode=ImageReadMode.RGB))
+
+
+@lru_cache(maxsize=16)
+def _torchvision_jpeg_is_pils(quality: int) -> bool:
+    """Whether torchvision's round trip gives PIL's pixels at `quality`, checked once on a probe image.
+
+    Both bundle libjpeg(-turbo) with the same defaults (standard tables, 4:2:0, islow DCT, fancy upsampling); the
+    check guards against an install where they differ (then PIL codes every image).
+    """
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:37, 0:53]  # NOTE: odd sides: partial 16x16 blocks at the edges
+    smooth = np.stack([xx * 4, yy * 6, (xx + yy) * 3]) % 256
+    probe = np.where(xx < 26, smooth, rng.integers(0, 256, smooth.shape)).astype(np.uint8)
+    want = np.empty_like(probe)
+    _jpeg_planes(probe, quality, want)
+    try:
+        got = _torchvision_jpeg(torch.from_numpy(probe)[None], quality)[0].numpy()
+    except Exception:  # noqa: BLE001 - no usable torchvision coder: PIL it is
+        return False
+    return np.array_equal(got, want)
+
+
 def jpeg_roundtrip(x_u8: torch.Tensor, quality: int) -> torch.Tensor:
     """Encode each (3, H, W) uint8 image as a baseline JPEG (libjpeg, 4:2:0) and decode it, on the CPU.
 
-    PIL's `save(format="JPEG", quality=q)` and `Image.open` (libjpeg's standard tables, 4:2:0 chroma subsampling).
-    GPU batches make the round trip on the CPU too: the GPU encoder (nvJPEG) quantises differently.
+    PIL's `save(format="JPEG", quality=q)` and `Image.open` (libjpeg's standard tables, 4:2:0 chroma subsampling),
+    bit for bit; torchvision's coder does it where it gives the same pixels (`_torchvision_jpeg_is_pils`) because it
+    frees the GIL, so the engine's chunks code in parallel (PIL's coder holds it). GPU batches make the round trip
+    on the CPU too: the GPU encoder (nvJPEG) quantises differently.
     """
     if x_u8.shape[0] == 0:
         return x_u8.clone()
+    if _torchvision_jpeg_is_pils(int(quality)):
+        return _torchvision_jpeg(x_u8.detach().to("cpu").contiguous(), int(quality)).to(x_u8.device)
     return _map_planes(lambda planes, out: _jpeg_planes(planes, quality, out), x_u8).to(x_u8.device)
 
 
