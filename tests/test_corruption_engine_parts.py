@@ -162,16 +162,28 @@ def test_jpeg_roundtrip_is_pils() -> None:
     from attnprobe.corruptions import jpeg_roundtrip
 
     rng = np.random.default_rng(7)
-    imgs = rng.integers(0, 256, (2, 3, 64, 80), dtype=np.uint8)
-    imgs[1] = np.clip(imgs[1] // 4 + 90, 0, 255)
-    x = torch.from_numpy(imgs)
-    for q in (25, 7, 85):
-        out = jpeg_roundtrip(x, q)
-        for k in range(2):
-            buf = io.BytesIO()
-            Image.fromarray(imgs[k].transpose(1, 2, 0)).save(buf, format="JPEG", quality=q, optimize=True)
-            ref = np.asarray(Image.open(buf).convert("RGB"))
-            np.testing.assert_array_equal(out[k].permute(1, 2, 0).numpy(), ref)
+    for shape in ((2, 3, 64, 80), (2, 3, 45, 67)):  # NOTE: whole and partial 16x16 blocks
+        imgs = rng.integers(0, 256, shape, dtype=np.uint8)
+        imgs[1] = np.clip(imgs[1] // 4 + 90, 0, 255)
+        x = torch.from_numpy(imgs)
+        for q in (25, 7, 85):
+            out = jpeg_roundtrip(x, q)
+            for k in range(2):
+                buf = io.BytesIO()
+                Image.fromarray(imgs[k].transpose(1, 2, 0)).save(buf, format="JPEG", quality=q, optimize=True)
+                ref = np.asarray(Image.open(buf).convert("RGB"))
+                np.testing.assert_array_equal(out[k].permute(1, 2, 0).numpy(), ref)
+
+
+def test_pixel_layout_loops_are_permutes() -> None:
+    from attnprobe.corruptions.loops_pixel import interleaved_cpu, planar_cpu
+
+    x = torch.randint(0, 256, (3, 3, 7, 13), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    pixels = interleaved_cpu(x.numpy())
+    if pixels is None:
+        pytest.skip("numba is not installed")
+    assert np.array_equal(pixels, x.permute(0, 2, 3, 1).numpy())
+    assert np.array_equal(planar_cpu(pixels), x.numpy())
 
 
 def test_jpeg_takes_pils_coder_when_torchvisions_pixels_differ(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -293,7 +305,7 @@ def test_compiled_cpu_loops_equal_the_torch_path(name: str, recipe: str, monkeyp
 
 def test_every_compiled_loop_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     """The torch fallback is silent by design: make sure no compiled path falls back by mistake."""
-    from attnprobe.corruptions import jit
+    from attnprobe.corruptions import digital, jit
 
     if not jit.available():
         pytest.skip("numba is not installed")
@@ -310,11 +322,12 @@ def test_every_compiled_loop_runs(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(f"attnprobe.corruptions.{module}.run", counting_run)
     x = torch.randint(0, 256, (2, 3, 40, 48), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     for name in ("brightness", "shot_noise", "gaussian_noise", "impulse_noise", "glass_blur", "motion_blur",
-                 "zoom_blur", "elastic_transform", "fog", "snow", "gaussian_blur"):
+                 "zoom_blur", "elastic_transform", "fog", "snow", "gaussian_blur", "jpeg_compression"):
         corrupt(x, name, 3, seed=[1, 2])
+    jpeg_layouts = {"_interleave_loop", "_planar_loop"} if digital._torchvision_jpeg_is_pils(15) else set()
     assert set(calls) == {"_hsv_adjust_loop", "_shot_noise_loop", "_add_noise_loop", "_impulse_loop",
                           "_glass_blur_loop", "_motion_loop", "_zoom_blur_loop", "_elastic_loop", "_fog_loop",
-                          "_snow_blend_loop", "_separable_loop"}
+                          "_snow_blend_loop", "_separable_loop"} | jpeg_layouts
 
 
 def test_zoom_center_of_channels_last_images_is_the_same() -> None:

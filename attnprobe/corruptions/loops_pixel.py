@@ -1,4 +1,5 @@
-"""Compiled per-value loops: the HSV round trip of brightness / saturate, gaussian, impulse and shot noise."""
+"""Compiled per-value loops: the HSV round trip of brightness / saturate, gaussian, impulse and shot noise, and the
+planes <-> interleaved pixel layouts that JPEG coders read and write."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import numpy as np
 
 from attnprobe.corruptions.jit import each, kernel, run
 
-__all__ = ["add_noise_cpu", "hsv_adjust_cpu", "impulse_noise_cpu", "shot_noise_cpu"]
+__all__ = ["add_noise_cpu", "hsv_adjust_cpu", "impulse_noise_cpu", "interleaved_cpu", "planar_cpu", "shot_noise_cpu"]
 
 
 @kernel(np.zeros((1, 3, 1, 1), np.uint8), 1.0, 0.0, 0.0, np.zeros((1, 3, 1, 1), np.uint8))
@@ -127,3 +128,37 @@ def shot_noise_cpu(level: np.ndarray, u: np.ndarray, tables: tuple[np.ndarray, .
                    lut: np.ndarray) -> np.ndarray | None:
     """Shot noise of uint8 levels (B, N) with float32 uniforms (B, N) (`noise.shot_noise`); None without Numba."""
     return run(_shot_noise_loop, np.empty_like(level), each(level), each(u), *tables, int(photons), int(buckets), lut)
+
+
+# NOTE: torch and NumPy copy a permuted uint8 image element by element with strided reads (about 8 ms for a
+# 2048x1024 image); these row-wise loops take about 2 ms, which is what decides the JPEG round trip's speed.
+@kernel(np.zeros((1, 3, 1, 2), np.uint8), np.zeros((1, 1, 2, 3), np.uint8))
+def _interleave_loop(planes: np.ndarray, out: np.ndarray) -> None:
+    """(B, 3, H, W) planes -> (B, H, W, 3) pixels."""
+    for b in range(planes.shape[0]):
+        for y in range(planes.shape[2]):
+            for c in range(3):
+                for x in range(planes.shape[3]):
+                    out[b, y, x, c] = planes[b, c, y, x]
+
+
+@kernel(np.zeros((1, 1, 2, 3), np.uint8), np.zeros((1, 3, 1, 2), np.uint8))
+def _planar_loop(pixels: np.ndarray, out: np.ndarray) -> None:
+    """(B, H, W, 3) pixels -> (B, 3, H, W) planes."""
+    for b in range(pixels.shape[0]):
+        for y in range(pixels.shape[1]):
+            for c in range(3):
+                for x in range(pixels.shape[2]):
+                    out[b, c, y, x] = pixels[b, y, x, c]
+
+
+def interleaved_cpu(planes: np.ndarray) -> np.ndarray | None:
+    """uint8 (B, 3, H, W) as (B, H, W, 3), or None without Numba."""
+    b, _, h, w = planes.shape
+    return run(_interleave_loop, np.empty((b, h, w, 3), np.uint8), each(planes))
+
+
+def planar_cpu(pixels: np.ndarray) -> np.ndarray | None:
+    """uint8 (B, H, W, 3) as (B, 3, H, W), or None without Numba."""
+    b, h, w, _ = pixels.shape
+    return run(_planar_loop, np.empty((b, 3, h, w), np.uint8), each(pixels))
