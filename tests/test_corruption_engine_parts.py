@@ -175,6 +175,24 @@ def test_jpeg_roundtrip_is_pils() -> None:
                 np.testing.assert_array_equal(out[k].permute(1, 2, 0).numpy(), ref)
 
 
+def test_compiled_pixelate_is_pils_resize() -> None:
+    from attnprobe.corruptions import digital
+    from attnprobe.corruptions.api import get_recipe
+    from attnprobe.corruptions.params import PIXELATE
+
+    rng = np.random.default_rng(11)
+    for shape in ((2, 3, 224, 224), (1, 3, 37, 91), (2, 3, 300, 171)):
+        x = torch.from_numpy(rng.integers(0, 256, shape, dtype=np.uint8))
+        h, w = shape[-2:]
+        for recipe in ("imagenet-c", "imagecorruptions"):
+            up = get_recipe(recipe).pixelate_up
+            for severity, c in enumerate(PIXELATE, 1):
+                sh, sw = int(h * c), int(w * c)
+                rows, cols = resample.upscale_sources(sh, h, up), resample.upscale_sources(sw, w, up)
+                want = digital._map_planes(lambda p, o: digital._pixelate_pil(p, (sw, sh), rows, cols, o), x)  # noqa: B023
+                assert torch.equal(digital.pixelate(x, severity, get_recipe(recipe)), want), (shape, recipe, severity)
+
+
 def test_pixel_layout_loops_are_permutes() -> None:
     from attnprobe.corruptions.loops_pixel import interleaved_cpu, planar_cpu
 
@@ -318,16 +336,16 @@ def test_every_compiled_loop_runs(monkeypatch: pytest.MonkeyPatch) -> None:
         calls.append(loop.__name__)
         return result
 
-    for module in ("loops_pixel", "loops_blur", "loops_warp", "loops_weather"):
+    for module in ("loops_pixel", "loops_blur", "loops_warp", "loops_weather", "loops_resample"):
         monkeypatch.setattr(f"attnprobe.corruptions.{module}.run", counting_run)
     x = torch.randint(0, 256, (2, 3, 40, 48), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     for name in ("brightness", "shot_noise", "gaussian_noise", "impulse_noise", "glass_blur", "motion_blur",
-                 "zoom_blur", "elastic_transform", "fog", "snow", "gaussian_blur", "jpeg_compression"):
+                 "zoom_blur", "elastic_transform", "fog", "snow", "gaussian_blur", "jpeg_compression", "pixelate"):
         corrupt(x, name, 3, seed=[1, 2])
     jpeg_layouts = {"_interleave_loop", "_planar_loop"} if digital._torchvision_jpeg_is_pils(15) else set()
     assert set(calls) == {"_hsv_adjust_loop", "_shot_noise_loop", "_add_noise_loop", "_impulse_loop",
                           "_glass_blur_loop", "_motion_loop", "_zoom_blur_loop", "_elastic_loop", "_fog_loop",
-                          "_snow_blend_loop", "_separable_loop"} | jpeg_layouts
+                          "_snow_blend_loop", "_separable_loop", "_pixelate_loop"} | jpeg_layouts
 
 
 def test_zoom_center_of_channels_last_images_is_the_same() -> None:

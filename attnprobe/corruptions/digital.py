@@ -16,9 +16,11 @@ import torch
 from attnprobe.corruptions import params as P
 from attnprobe.corruptions.filters import gaussian_filter
 from attnprobe.corruptions.loops_pixel import hsv_adjust_cpu, interleaved_cpu, planar_cpu
+from attnprobe.corruptions.loops_resample import pixelate_cpu
 from attnprobe.corruptions.loops_warp import elastic_cpu
 from attnprobe.corruptions.params import Recipe
-from attnprobe.corruptions.resample import map_coordinates, pil_resize, pil_resize_nearest, upscale_sources
+from attnprobe.corruptions.resample import (map_coordinates, pil_resize, pil_resize_nearest, pil_taps,
+                                            upscale_sources)
 from attnprobe.corruptions.rng import ImageRNG
 
 __all__ = ["brightness", "contrast", "elastic_transform", "jpeg_compression", "jpeg_roundtrip", "pixelate",
@@ -225,15 +227,18 @@ def _pixelate_pil(planes: np.ndarray, size: tuple[int, int], rows: np.ndarray, c
 def pixelate(x_u8: torch.Tensor, severity: int, recipe: Recipe) -> torch.Tensor:
     """PIL box downscale by 0.6 .. 0.25, then back up with box (imagenet-c) or nearest (imagecorruptions).
 
-    Upscaling copies one source pixel per output pixel in both recipes (`upscale_sources`). On the CPU the
-    downscale is PIL itself and the upscale a NumPy gather (per image, threads for big images); elsewhere
-    `pil_resize` (the same bytes).
+    Upscaling copies one source pixel per output pixel in both recipes (`upscale_sources`). On the CPU a compiled
+    loop does PIL's fixed-point arithmetic (`loops_resample`; PIL itself without Numba); elsewhere `pil_resize`.
+    All give PIL's bytes.
     """
     c = P.PIXELATE[severity - 1]
     h, w = x_u8.shape[-2:]
     sh, sw = int(h * c), int(w * c)
     if x_u8.device.type == "cpu":
         rows, cols = upscale_sources(sh, h, recipe.pixelate_up), upscale_sources(sw, w, recipe.pixelate_up)
+        out = pixelate_cpu(x_u8.numpy(), pil_taps(w, sw, "box"), pil_taps(h, sh, "box"), rows, cols)
+        if out is not None:
+            return torch.from_numpy(out)
         return _map_planes(lambda planes, out: _pixelate_pil(planes, (sw, sh), rows, cols, out), x_u8)
     small = pil_resize(x_u8, sh, sw, "box")
     if recipe.pixelate_up == "box":

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["clipped_zoom_axis", "map_coordinates", "pil_resize", "pil_resize_nearest", "upscale_sources", "zoom_center"]
+__all__ = ["clipped_zoom_axis", "map_coordinates", "pil_resize", "pil_resize_nearest", "pil_taps", "upscale_sources",
+           "zoom_center"]
 
 _PRECISION_BITS = 22  # PIL: 32 - 8 - 2
 
@@ -42,7 +43,7 @@ _PIL_FILTERS = {"box": (_box, 0.5), "bilinear": (_triangle, 1.0), "bicubic": (_c
 
 
 @lru_cache(maxsize=64)
-def _pil_taps(in_size: int, out_size: int, filter_name: str) -> tuple[np.ndarray, np.ndarray]:
+def pil_taps(in_size: int, out_size: int, filter_name: str) -> tuple[np.ndarray, np.ndarray]:
     """Source indices and fixed-point weights of PIL's resampling: both (out_size, ksize), int64."""
     fn, support = _PIL_FILTERS[filter_name]
     scale = in_size / out_size
@@ -74,7 +75,7 @@ def _single_taps(in_size: int, out_size: int, filter_name: str) -> np.ndarray | 
 
     Then PIL's fixed-point sum (v * 2**22 + 2**21) >> 22 is v: the pass is a plain gather (box upscaling).
     """
-    idx, w = _pil_taps(in_size, out_size, filter_name)
+    idx, w = pil_taps(in_size, out_size, filter_name)
     nonzero = w != 0
     if not (nonzero.sum(1) == 1).all() or not (w[nonzero] == 1 << _PRECISION_BITS).all():
         return None
@@ -96,7 +97,7 @@ def _resample_axis(x: torch.Tensor, dim: int, out_size: int, filter_name: str) -
     single = _single_taps(x.shape[dim], out_size, filter_name)
     if single is not None and x.dtype == torch.uint8:
         return x.index_select(dim, torch.from_numpy(single).to(x.device))
-    idx, w = _pil_taps(x.shape[dim], out_size, filter_name)
+    idx, w = pil_taps(x.shape[dim], out_size, filter_name)
     acc = None
     for t in range(idx.shape[1]):
         if not bool((w[:, t] != 0).any()):
