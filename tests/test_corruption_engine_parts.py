@@ -193,6 +193,18 @@ def test_compiled_pixelate_is_pils_resize() -> None:
                 assert torch.equal(digital.pixelate(x, severity, get_recipe(recipe)), want), (shape, recipe, severity)
 
 
+def test_jpeg_and_pixelate_without_numba_give_the_same_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    from attnprobe.corruptions import digital
+    from attnprobe.corruptions.api import get_recipe
+
+    x = torch.from_numpy(np.random.default_rng(12).integers(0, 256, (2, 3, 45, 67), dtype=np.uint8))
+    compiled = digital.jpeg_roundtrip(x, 12), digital.pixelate(x, 4, get_recipe("imagenet-c"))
+    for loop in ("interleaved_cpu", "planar_cpu", "pixelate_cpu"):
+        monkeypatch.setattr(digital, loop, lambda *a: None)  # what each returns without Numba
+    assert torch.equal(digital.jpeg_roundtrip(x, 12), compiled[0])
+    assert torch.equal(digital.pixelate(x, 4, get_recipe("imagenet-c")), compiled[1])
+
+
 def test_pixel_layout_loops_are_permutes() -> None:
     from attnprobe.corruptions.loops_pixel import interleaved_cpu, planar_cpu
 
