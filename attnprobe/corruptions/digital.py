@@ -19,8 +19,7 @@ from attnprobe.corruptions.loops_pixel import hsv_adjust_cpu, interleaved_cpu, p
 from attnprobe.corruptions.loops_resample import pixelate_cpu
 from attnprobe.corruptions.loops_warp import elastic_cpu
 from attnprobe.corruptions.params import Recipe
-from attnprobe.corruptions.resample import (map_coordinates, pil_resize, pil_resize_nearest, pil_taps,
-                                            upscale_sources)
+from attnprobe.corruptions.resample import map_coordinates, pil_resize, pil_resize_nearest, upscale_sources
 from attnprobe.corruptions.rng import ImageRNG
 
 __all__ = ["brightness", "contrast", "elastic_transform", "jpeg_compression", "jpeg_roundtrip", "pixelate",
@@ -236,7 +235,7 @@ def pixelate(x_u8: torch.Tensor, severity: int, recipe: Recipe) -> torch.Tensor:
     sh, sw = int(h * c), int(w * c)
     if x_u8.device.type == "cpu":
         rows, cols = upscale_sources(sh, h, recipe.pixelate_up), upscale_sources(sw, w, recipe.pixelate_up)
-        out = pixelate_cpu(x_u8.numpy(), pil_taps(w, sw, "box"), pil_taps(h, sh, "box"), rows, cols)
+        out = pixelate_cpu(x_u8.numpy(), (sh, sw), rows, cols)
         if out is not None:
             return torch.from_numpy(out)
         return _map_planes(lambda planes, out: _pixelate_pil(planes, (sw, sh), rows, cols, out), x_u8)

@@ -1,8 +1,8 @@
 """Compiling the engine's CPU loops with Numba (a dependency; without it every caller keeps its torch path).
 
-The loops live in `loops_pixel`, `loops_blur`, `loops_warp` and `loops_weather`, each registered with `kernel`
-(with example arguments that compile and check it once) and wrapped by a ``*_cpu`` function that returns None
-when the loop cannot run. Plain functions the loops call are marked `helper` and compiled inline first.
+The loops live in `loops_pixel`, `loops_blur`, `loops_warp`, `loops_weather` and `loops_resample`, each registered
+with `kernel` (with example arguments that compile and check it once) and wrapped by a ``*_cpu`` function that
+returns None when the loop cannot run. Plain functions the loops call are marked `helper` and compiled inline first.
 
 Loops are compiled with NumPy's error model (a float division by zero gives inf / nan as torch does, no check
 per division) and release the GIL, so `over_images` can split a batch among threads.

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["clipped_zoom_axis", "map_coordinates", "pil_resize", "pil_resize_nearest", "pil_taps", "upscale_sources",
-           "zoom_center"]
+__all__ = ["PIL_PRECISION_BITS", "clipped_zoom_axis", "map_coordinates", "pil_resize", "pil_resize_nearest", "pil_taps",
+           "upscale_sources", "zoom_center"]
 
-_PRECISION_BITS = 22  # PIL: 32 - 8 - 2
+PIL_PRECISION_BITS = 22  # PIL: 32 - 8 - 2
 
 
 def _box(x: np.ndarray) -> np.ndarray:
@@ -61,8 +61,8 @@ def pil_taps(in_size: int, out_size: int, filter_name: str) -> tuple[np.ndarray,
         total = w.sum()
         if total != 0.0:
             w = w / total
-        fixed = np.where(w < 0, (-0.5 + w * (1 << _PRECISION_BITS)).astype(np.int64),
-                         (0.5 + w * (1 << _PRECISION_BITS)).astype(np.int64))
+        fixed = np.where(w < 0, (-0.5 + w * (1 << PIL_PRECISION_BITS)).astype(np.int64),
+                         (0.5 + w * (1 << PIL_PRECISION_BITS)).astype(np.int64))
         idx[xx, :xmax] = taps + xmin
         idx[xx, xmax:] = xmin  # NOTE: padding taps carry weight 0
         weights[xx, :xmax] = fixed
@@ -77,7 +77,7 @@ def _single_taps(in_size: int, out_size: int, filter_name: str) -> np.ndarray | 
     """
     idx, w = pil_taps(in_size, out_size, filter_name)
     nonzero = w != 0
-    if not (nonzero.sum(1) == 1).all() or not (w[nonzero] == 1 << _PRECISION_BITS).all():
+    if not (nonzero.sum(1) == 1).all() or not (w[nonzero] == 1 << PIL_PRECISION_BITS).all():
         return None
     return np.ascontiguousarray(idx[nonzero])
 
@@ -107,8 +107,8 @@ def _resample_axis(x: torch.Tensor, dim: int, out_size: int, filter_name: str) -
         wt = wt if dim == -1 else wt[:, None]
         term = x.index_select(dim, col).to(torch.int32) * wt
         acc = term if acc is None else acc.add_(term)
-    acc = acc.add_(1 << (_PRECISION_BITS - 1))
-    acc = torch.bitwise_right_shift(acc, _PRECISION_BITS)  # NOTE: arithmetic shift = floor, as PIL's `>>`
+    acc = acc.add_(1 << (PIL_PRECISION_BITS - 1))
+    acc = torch.bitwise_right_shift(acc, PIL_PRECISION_BITS)  # NOTE: arithmetic shift = floor, as PIL's `>>`
     return acc.clamp_(0, 255).to(torch.uint8)
 
 

@@ -7,7 +7,7 @@ thread, use the cores without those hand-offs (16 ms). torch releases the GIL in
 compiled loops (`jit`) release it too.
 
 `torch.set_num_threads` only changes the calling thread's OpenMP team size in the builds that use OpenMP (the
-PyPI and conda ones); `chunk_pool` checks that the caller's setting survives and otherwise runs chunks one after
+PyPI and conda ones); `_pool` checks that the caller's setting survives and otherwise runs chunks one after
 the other, as before.
 """
 
